@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Builds pinned kube-apiserver, kubectl (k8s.io/kubernetes) and etcd (go.etcd.io/etcd) with the
+# local Go toolchain into a cache outside the repository, and reuses them on later runs.
+#
+#   hack/control-plane-tools.sh          build what is missing, print the bin directory
+#   hack/control-plane-tools.sh --print  print the bin directory only (no build)
+#
+# Environment:
+#   RESERVE_TOOLS_DIR  cache root (default: ${XDG_CACHE_HOME:-~/.cache}/reserve-operator)
+set -euo pipefail
+
+# One version in two places: this pin and the k8s-openapi feature in Cargo.toml (v1_37).
+K8S_VERSION=v1.37.2
+K8S_STAGING_VERSION=v0.37.2
+ETCD_VERSION=v3.7.3
+
+cache_root=${RESERVE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/reserve-operator}
+bin_dir="$cache_root/k8s-$K8S_VERSION-etcd-$ETCD_VERSION/bin"
+
+if [[ ${1:-} == "--print" ]]; then
+  echo "$bin_dir"
+  exit 0
+fi
+
+say() { echo "control-plane-tools: $*" >&2; }
+
+have() {
+  [[ -x "$bin_dir/kube-apiserver" ]] && "$bin_dir/kube-apiserver" --version >/dev/null 2>&1 &&
+    [[ -x "$bin_dir/kubectl" ]] && "$bin_dir/kubectl" version --client >/dev/null 2>&1 &&
+    [[ -x "$bin_dir/etcd" ]] && "$bin_dir/etcd" --version >/dev/null 2>&1
+}
+
+if have; then
+  say "using cached kube-apiserver, kubectl and etcd in $bin_dir"
+  echo "$bin_dir"
+  exit 0
+fi
+
+command -v go >/dev/null || { say "Go is required to build the control-plane tools (none on PATH)"; exit 1; }
+
+# Concurrent callers (several test binaries at once) wait for one build instead of racing.
+mkdir -p "$cache_root"
+exec 9>"$cache_root/.build.lock"
+if ! flock -n 9; then
+  say "another build is running; waiting for it"
+  flock 9
+fi
+if have; then
+  echo "$bin_dir"
+  exit 0
+fi
+
+work=$(mktemp -d "$cache_root/.build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/bin"
+export GOFLAGS="-buildvcs=false -trimpath" CGO_ENABLED=0
+
+# k8s.io/kubernetes points its staging modules (k8s.io/api, ...) at ./staging with replace
+# directives, which `go install pkg@version` refuses. A throwaway module that requires it and
+# replaces each staging module with its published version builds the same code.
+say "building kube-apiserver and kubectl $K8S_VERSION with $(go version | cut -d' ' -f3) (first time: 10-25 minutes on 2 cores)"
+mkdir "$work/k8s"
+(
+  cd "$work/k8s"
+  go mod init reserve-operator/control-plane-tools >/dev/null 2>&1
+  go mod edit -go=1.26.0 -require="k8s.io/kubernetes@$K8S_VERSION"
+  go mod download -json "k8s.io/kubernetes@$K8S_VERSION" >"$work/k8s-mod.json"
+  k8s_dir=$(sed -n 's/^\t"Dir": "\(.*\)",$/\1/p' "$work/k8s-mod.json")
+  for m in $(sed -n 's#^\t\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$k8s_dir/go.mod"); do
+    go mod edit -replace="$m=$m@$K8S_STAGING_VERSION"
+  done
+  say "resolving modules"
+  go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" "k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION" >/dev/null 2>&1 ||
+    go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" "k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION"
+  minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  ldflags="-s -w"
+  for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  say "compiling kube-apiserver"
+  go build -ldflags "$ldflags" -o "$work/bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+  say "compiling kubectl"
+  go build -ldflags "$ldflags" -o "$work/bin/kubectl" k8s.io/kubernetes/cmd/kubectl
+)
+
+say "building etcd $ETCD_VERSION"
+mkdir "$work/etcd"
+(
+  cd "$work/etcd"
+  go mod init reserve-operator/etcd-tools >/dev/null 2>&1
+  go mod edit -go=1.26.0
+  go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null 2>&1 || go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  go build -ldflags "-s -w" -o "$work/bin/etcd" go.etcd.io/etcd/server/v3
+)
+
+mkdir -p "$bin_dir"
+for b in kube-apiserver kubectl etcd; do
+  mv -f "$work/bin/$b" "$bin_dir/$b"
+done
+have || { say "built binaries do not answer --version"; exit 1; }
+say "ready: $bin_dir ($("$bin_dir/kube-apiserver" --version), etcd $ETCD_VERSION)"
+echo "$bin_dir"

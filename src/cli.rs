@@ -1,0 +1,110 @@
+//! Command-line interface of the `reserve-operator` binary.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::loyalty::LevelPolicy;
+
+#[derive(Parser, Debug)]
+#[command(name = "reserve-operator", version, about = "Derives coffee-chain loyalty levels for Customers from their Orders")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controllers against the cluster of the current kubeconfig (or in-cluster config).
+    Run(RunArgs),
+    /// Print both CustomResourceDefinitions as YAML (the content of manifests/crds/).
+    Crds,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "RESERVE_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Level policy as NAME=MIN,... with the first MIN 0 and strictly increasing thresholds.
+    #[arg(long, env = "RESERVE_LEVELS", default_value = crate::loyalty::DEFAULT_LEVELS, value_parser = parse_levels)]
+    pub levels: LevelPolicy,
+
+    /// Address of the /healthz, /readyz and /metrics server.
+    #[arg(long, env = "RESERVE_PROBE_ADDR", default_value = "0.0.0.0:8080")]
+    pub probe_addr: SocketAddr,
+
+    /// Only reconcile while holding the Lease `reserve-operator` (on by default).
+    #[arg(long, overrides_with = "no_leader_election", default_value_t = true)]
+    pub leader_election: bool,
+
+    /// Reconcile without a Lease (a single replica, or local runs).
+    #[arg(long = "no-leader-election", overrides_with = "leader_election")]
+    pub no_leader_election: bool,
+
+    /// Namespace of the Lease (default: the operator's own namespace from its ServiceAccount,
+    /// else the kubeconfig's namespace).
+    #[arg(long, env = "RESERVE_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// Identity written into the Lease (default: the pod name from HOSTNAME, else a random id).
+    #[arg(long, env = "RESERVE_IDENTITY")]
+    pub identity: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "RESERVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl RunArgs {
+    pub fn leader_election(&self) -> bool {
+        self.leader_election && !self.no_leader_election
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_levels(s: &str) -> Result<LevelPolicy, String> {
+    s.parse().map_err(|e: crate::loyalty::PolicyError| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec!["reserve-operator", "run"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(args),
+            Command::Crds => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let args = run_args(&[]).unwrap();
+        assert_eq!(args.levels, LevelPolicy::default());
+        assert!(args.leader_election());
+        assert_eq!(args.probe_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(args.namespace, None);
+    }
+
+    #[test]
+    fn leader_election_can_be_switched_off_and_on() {
+        assert!(!run_args(&["--no-leader-election"]).unwrap().leader_election());
+        assert!(run_args(&["--no-leader-election", "--leader-election"]).unwrap().leader_election());
+    }
+
+    #[test]
+    fn bad_levels_are_a_usage_error_naming_the_problem() {
+        let err = run_args(&["--levels", "Bronze=0,Silver=0"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("\"Silver\"=0 comes after \"Bronze\"=0"), "{err}");
+    }
+}

@@ -1,0 +1,110 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// An order placed by a customer. The operator accepts spec.state into status.phase, which is
+/// what the customer's score counts.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "reserve.coffeechain.io",
+    version = "v1alpha1",
+    kind = "Order",
+    doc = "An order placed by a customer; status.phase is the accepted spec.state.",
+    plural = "orders",
+    shortname = "ord",
+    category = "coffeechain",
+    namespaced,
+    status = "OrderStatus",
+    printcolumn = r#"{"name":"Customer","type":"string","jsonPath":".spec.customer"}"#,
+    printcolumn = r#"{"name":"Product","type":"string","jsonPath":".spec.product"}"#,
+    printcolumn = r#"{"name":"Qty","type":"integer","jsonPath":".spec.quantity"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".spec.state"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Level","type":"string","jsonPath":".status.customerLevel"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderSpec {
+    /// metadata.name of the Customer in the same namespace who placed the order (a DNS-1123
+    /// subdomain). Immutable.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS1123_SUBDOMAIN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.customer is immutable"))]
+    pub customer: String,
+    /// What was ordered, 1 to 128 characters. Immutable.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.product is immutable"))]
+    pub product: String,
+    /// How many, 1 to 1000. Counts towards the customer's score once the order is Completed.
+    /// Immutable.
+    #[schemars(range(min = 1, max = 1000))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.quantity is immutable"))]
+    pub quantity: i32,
+    /// Requested (default), Completed or Canceled. Allowed changes: Requested -> Completed,
+    /// Requested -> Canceled, Completed -> Canceled (a refund). Canceled is final.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new(STATE_TRANSITION_RULE).message(Message::Expression(STATE_TRANSITION_MESSAGE.into())))]
+    pub state: OrderState,
+}
+
+/// A DNS-1123 subdomain, the form of every Kubernetes object name.
+const DNS1123_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// The transitions of `OrderState::can_become`, as the API server checks them.
+const STATE_TRANSITION_RULE: &str = "self == oldSelf || (oldSelf == 'Requested' && (self == 'Completed' || self == 'Canceled')) || (oldSelf == 'Completed' && self == 'Canceled')";
+const STATE_TRANSITION_MESSAGE: &str = "'spec.state cannot change from ' + oldSelf + ' to ' + self + ' (allowed: Requested -> Completed, Requested -> Canceled, Completed -> Canceled)'";
+
+/// The life of an order.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum OrderState {
+    #[default]
+    Requested,
+    Completed,
+    Canceled,
+}
+
+impl OrderState {
+    pub const ALL: [OrderState; 3] = [OrderState::Requested, OrderState::Completed, OrderState::Canceled];
+
+    /// Whether an order in this state may move to `next` (staying put is always allowed).
+    pub fn can_become(self, next: OrderState) -> bool {
+        use OrderState::*;
+        self == next || matches!((self, next), (Requested, Completed | Canceled) | (Completed, Canceled))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderState::Requested => "Requested",
+            OrderState::Completed => "Completed",
+            OrderState::Canceled => "Canceled",
+        }
+    }
+}
+
+impl std::fmt::Display for OrderState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the operator accepted. Written only by the operator.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderStatus {
+    /// The accepted spec.state; the customer's score counts orders whose phase is Completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<OrderState>,
+    /// The customer's level when the order was first attributed to an existing customer,
+    /// computed without this order; never changes afterwards. Iron while the customer does not
+    /// exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_level: Option<String>,
+    /// The metadata.generation this status was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions. Ready is False with reason CustomerNotFound while the customer
+    /// does not exist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,40 @@
+//! The committed CRDs are exactly what the Rust types generate.
+
+use std::process::Command;
+
+#[test]
+fn committed_crds_match_the_rust_types() {
+    let printed = Command::new(env!("CARGO_BIN_EXE_reserve-operator")).arg("crds").output().unwrap();
+    assert!(printed.status.success());
+    let committed = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/crds/crds.yaml")).unwrap();
+    assert!(
+        printed.stdout == committed,
+        "manifests/crds/crds.yaml is out of date with src/crd/: run `make crds` and commit the result"
+    );
+    assert_eq!(String::from_utf8(printed.stdout).unwrap(), reserve_operator::crd::crds_yaml());
+}
+
+#[test]
+fn crds_carry_every_validation_rule() {
+    let yaml = reserve_operator::crd::crds_yaml();
+    for needle in [
+        "maxLength: 128",
+        "minLength: 1",
+        "minimum: 1.0",
+        "maximum: 1000.0",
+        "pattern: ^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        "default: Requested",
+        "- Requested\n                - Completed\n                - Canceled",
+        "message: spec.customer is immutable",
+        "message: spec.product is immutable",
+        "message: spec.quantity is immutable",
+        "spec.state cannot change from",
+        "subresources:\n      status: {}",
+        "- coffeechain",
+        "- cust",
+        "- ord",
+        "scope: Namespaced",
+    ] {
+        assert!(yaml.contains(needle), "CRDs lack {needle:?}");
+    }
+}
