@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::loyalty::LevelPolicy;
 
 #[derive(Parser, Debug)]
-#[command(name = "reserve-operator", version, about = "Derives coffee-chain loyalty levels for Customers from their Orders")]
+#[command(
+    name = "reserve-operator",
+    version,
+    about = "Derives coffee-chain loyalty levels for Customers from their Orders"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -70,7 +74,8 @@ pub enum LogFormat {
 }
 
 fn parse_levels(s: &str) -> Result<LevelPolicy, String> {
-    s.parse().map_err(|e: crate::loyalty::PolicyError| e.to_string())
+    s.parse()
+        .map_err(|e: crate::loyalty::PolicyError| e.to_string())
 }
 
 #[cfg(test)]
@@ -97,14 +102,26 @@ mod tests {
 
     #[test]
     fn leader_election_can_be_switched_off_and_on() {
-        assert!(!run_args(&["--no-leader-election"]).unwrap().leader_election());
-        assert!(run_args(&["--no-leader-election", "--leader-election"]).unwrap().leader_election());
+        assert!(
+            !run_args(&["--no-leader-election"])
+                .unwrap()
+                .leader_election()
+        );
+        assert!(
+            run_args(&["--no-leader-election", "--leader-election"])
+                .unwrap()
+                .leader_election()
+        );
     }
 
     #[test]
     fn bad_levels_are_a_usage_error_naming_the_problem() {
         let err = run_args(&["--levels", "Bronze=0,Silver=0"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
-        assert!(err.to_string().contains("\"Silver\"=0 comes after \"Bronze\"=0"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("\"Silver\"=0 comes after \"Bronze\"=0"),
+            "{err}"
+        );
     }
 }

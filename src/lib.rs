@@ -2,5 +2,9 @@
 //! `Order` resources.
 
 pub mod cli;
+pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod loyalty;
+pub mod metrics;
+pub mod probe;

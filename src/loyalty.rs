@@ -32,7 +32,9 @@ pub enum PolicyError {
     EmptyName { entry: String },
     #[error("level name {name:?} may only contain letters, digits, '-' and '_'")]
     BadName { name: String },
-    #[error("level name {MISSING_CUSTOMER_LEVEL:?} is reserved for orders whose customer does not exist")]
+    #[error(
+        "level name {MISSING_CUSTOMER_LEVEL:?} is reserved for orders whose customer does not exist"
+    )]
     ReservedName,
     #[error("level {name:?} has threshold {min:?}, which is not a whole number from 0 up")]
     BadThreshold { name: String, min: String },
@@ -40,8 +42,15 @@ pub enum PolicyError {
     DuplicateName { name: String },
     #[error("the first level {name:?} must start at 0, not {min}")]
     FirstNotZero { name: String, min: i64 },
-    #[error("thresholds must increase: level {name:?}={min} comes after {previous:?}={previous_min}")]
-    NotIncreasing { name: String, min: i64, previous: String, previous_min: i64 },
+    #[error(
+        "thresholds must increase: level {name:?}={min} comes after {previous:?}={previous_min}"
+    )]
+    NotIncreasing {
+        name: String,
+        min: i64,
+        previous: String,
+        previous_min: i64,
+    },
 }
 
 impl LevelPolicy {
@@ -51,13 +60,21 @@ impl LevelPolicy {
             return Err(PolicyError::Empty);
         };
         if *first_min != 0 {
-            return Err(PolicyError::FirstNotZero { name: first.clone(), min: *first_min });
+            return Err(PolicyError::FirstNotZero {
+                name: first.clone(),
+                min: *first_min,
+            });
         }
         for (i, (name, min)) in levels.iter().enumerate() {
             if name.is_empty() {
-                return Err(PolicyError::EmptyName { entry: format!("={min}") });
+                return Err(PolicyError::EmptyName {
+                    entry: format!("={min}"),
+                });
             }
-            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 return Err(PolicyError::BadName { name: name.clone() });
             }
             if name == MISSING_CUSTOMER_LEVEL {
@@ -110,19 +127,27 @@ impl FromStr for LevelPolicy {
         let levels = s
             .split(',')
             .map(|entry| {
-                let (name, min) = entry
-                    .split_once('=')
-                    .ok_or_else(|| PolicyError::NotNameEqualsMin { entry: entry.trim().to_owned() })?;
+                let (name, min) =
+                    entry
+                        .split_once('=')
+                        .ok_or_else(|| PolicyError::NotNameEqualsMin {
+                            entry: entry.trim().to_owned(),
+                        })?;
                 let name = name.trim();
                 if name.is_empty() {
-                    return Err(PolicyError::EmptyName { entry: entry.trim().to_owned() });
+                    return Err(PolicyError::EmptyName {
+                        entry: entry.trim().to_owned(),
+                    });
                 }
                 let min_text = min.trim();
                 let min = min_text
                     .parse::<i64>()
                     .ok()
                     .filter(|min| *min >= 0)
-                    .ok_or_else(|| PolicyError::BadThreshold { name: name.to_owned(), min: min_text.to_owned() })?;
+                    .ok_or_else(|| PolicyError::BadThreshold {
+                        name: name.to_owned(),
+                        min: min_text.to_owned(),
+                    })?;
                 Ok((name.to_owned(), min))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -223,19 +248,37 @@ mod tests {
             ("   ", "empty"),
             ("Bronze", "\"Bronze\" is not of the form NAME=MIN"),
             ("=0,Silver=5", "empty name"),
-            ("Bronze=0,Silver=five", "level \"Silver\" has threshold \"five\""),
-            ("Bronze=0,Silver=-5", "level \"Silver\" has threshold \"-5\""),
+            (
+                "Bronze=0,Silver=five",
+                "level \"Silver\" has threshold \"five\"",
+            ),
+            (
+                "Bronze=0,Silver=-5",
+                "level \"Silver\" has threshold \"-5\"",
+            ),
             ("Bronze=0,Bronze=5", "level \"Bronze\" appears twice"),
-            ("Bronze=1,Silver=5", "the first level \"Bronze\" must start at 0, not 1"),
-            ("Bronze=0,Silver=5,Gold=5", "level \"Gold\"=5 comes after \"Silver\"=5"),
-            ("Bronze=0,Silver=10,Gold=5", "level \"Gold\"=5 comes after \"Silver\"=10"),
+            (
+                "Bronze=1,Silver=5",
+                "the first level \"Bronze\" must start at 0, not 1",
+            ),
+            (
+                "Bronze=0,Silver=5,Gold=5",
+                "level \"Gold\"=5 comes after \"Silver\"=5",
+            ),
+            (
+                "Bronze=0,Silver=10,Gold=5",
+                "level \"Gold\"=5 comes after \"Silver\"=10",
+            ),
             ("Iron=0,Gold=5", "\"Iron\" is reserved"),
             ("Bronze=0,Sil ver=5", "\"Sil ver\" may only contain"),
             ("Bronze=0,,Gold=5", "\"\" is not of the form NAME=MIN"),
         ];
         for (input, want) in cases {
             let err = input.parse::<LevelPolicy>().expect_err(input).to_string();
-            assert!(err.contains(want), "{input:?}: {err:?} should contain {want:?}");
+            assert!(
+                err.contains(want),
+                "{input:?}: {err:?} should contain {want:?}"
+            );
         }
     }
 
@@ -252,7 +295,11 @@ mod tests {
         ];
         for from in OrderState::ALL {
             for to in OrderState::ALL {
-                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from} -> {to}");
+                assert_eq!(
+                    from.can_become(to),
+                    allowed.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
             }
         }
     }
@@ -267,7 +314,15 @@ mod tests {
             (None, 13),
             (Some(Completed), 2),
         ]);
-        assert_eq!(tally, Tally { score: 5, completed: 2, canceled: 1, open: 2 });
+        assert_eq!(
+            tally,
+            Tally {
+                score: 5,
+                completed: 2,
+                canceled: 1,
+                open: 2
+            }
+        );
     }
 
     fn state() -> impl Strategy<Value = OrderState> {

@@ -48,7 +48,8 @@ pub struct OrderSpec {
 }
 
 /// A DNS-1123 subdomain, the form of every Kubernetes object name.
-const DNS1123_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+const DNS1123_SUBDOMAIN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 /// The transitions of `OrderState::can_become`, as the API server checks them.
 const STATE_TRANSITION_RULE: &str = "self == oldSelf || (oldSelf == 'Requested' && (self == 'Completed' || self == 'Canceled')) || (oldSelf == 'Completed' && self == 'Canceled')";
@@ -64,12 +65,20 @@ pub enum OrderState {
 }
 
 impl OrderState {
-    pub const ALL: [OrderState; 3] = [OrderState::Requested, OrderState::Completed, OrderState::Canceled];
+    pub const ALL: [OrderState; 3] = [
+        OrderState::Requested,
+        OrderState::Completed,
+        OrderState::Canceled,
+    ];
 
     /// Whether an order in this state may move to `next` (staying put is always allowed).
     pub fn can_become(self, next: OrderState) -> bool {
         use OrderState::*;
-        self == next || matches!((self, next), (Requested, Completed | Canceled) | (Completed, Canceled))
+        self == next
+            || matches!(
+                (self, next),
+                (Requested, Completed | Canceled) | (Completed, Canceled)
+            )
     }
 
     pub fn as_str(self) -> &'static str {

@@ -1,0 +1,165 @@
+//! What every reconcile gets: the client, the caches, the policy, the event recorder and the
+//! metrics.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use kube::{
+    Client, Resource, ResourceExt,
+    runtime::{
+        events::{Recorder, Reporter},
+        reflector::{ObjectRef, Store},
+    },
+};
+
+use super::index::Index;
+use crate::{
+    crd::{Customer, CustomerStatus, Order, OrderStatus},
+    loyalty::LevelPolicy,
+    metrics::Metrics,
+};
+
+/// Field manager of every status write; the operator owns nothing else.
+pub const FIELD_MANAGER: &str = "reserve-operator";
+
+pub struct Context {
+    pub client: Client,
+    pub policy: LevelPolicy,
+    pub index: Arc<RwLock<Index>>,
+    pub customers: Store<Customer>,
+    pub orders: Store<Order>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub customer_writes: WrittenStatus<Customer, CustomerStatus>,
+    pub order_writes: WrittenStatus<Order, OrderStatus>,
+    pub customer_failures: Failures<Customer>,
+    pub order_failures: Failures<Order>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        policy: LevelPolicy,
+        index: Arc<RwLock<Index>>,
+        customers: Store<Customer>,
+        orders: Store<Order>,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            policy,
+            index,
+            customers,
+            orders,
+            metrics,
+            customer_writes: WrittenStatus::default(),
+            order_writes: WrittenStatus::default(),
+            customer_failures: Failures::default(),
+            order_failures: Failures::default(),
+        }
+    }
+
+    pub fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The statuses this process wrote whose watch events have not reached the cache yet.
+///
+/// A reconcile that runs between a status write and its watch event would otherwise compare
+/// against the old status and write again (a wasted call), or, for an Order, recompute the
+/// customer-level snapshot that was already taken.
+pub struct WrittenStatus<K: Resource, S> {
+    by_object: Mutex<HashMap<ObjectRef<K>, (String, S)>>,
+}
+
+impl<K: Resource, S> Default for WrittenStatus<K, S> {
+    fn default() -> Self {
+        Self {
+            by_object: Mutex::default(),
+        }
+    }
+}
+
+impl<K, S> WrittenStatus<K, S>
+where
+    K: Resource<DynamicType = ()>,
+    S: Clone,
+{
+    /// The status `obj` has now: the one this process wrote on top of `obj`'s resourceVersion
+    /// if the cache still shows that version, else the cached one.
+    pub fn current(&self, obj: &K, cached: Option<&S>) -> Option<S> {
+        let key = ObjectRef::from_obj(obj);
+        let mut by_object = self.by_object.lock().unwrap_or_else(|p| p.into_inner());
+        match by_object.get(&key) {
+            Some((based_on, written)) if Some(based_on) == obj.resource_version().as_ref() => {
+                Some(written.clone())
+            }
+            Some(_) => {
+                by_object.remove(&key);
+                cached.cloned()
+            }
+            None => cached.cloned(),
+        }
+    }
+
+    /// Records a successful write of `status` made on top of `obj`.
+    pub fn wrote(&self, obj: &K, status: S) {
+        let based_on = obj.resource_version().unwrap_or_default();
+        let mut by_object = self.by_object.lock().unwrap_or_else(|p| p.into_inner());
+        by_object.insert(ObjectRef::from_obj(obj), (based_on, status));
+    }
+
+    /// Forgets what was written for an object (after a failed write, or when it is deleted).
+    pub fn forget(&self, obj: &K) {
+        let mut by_object = self.by_object.lock().unwrap_or_else(|p| p.into_inner());
+        by_object.remove(&ObjectRef::from_obj(obj));
+    }
+}
+
+/// Consecutive failed reconciles per object, for exponential backoff: one bad object is retried
+/// ever more slowly while the others go on.
+pub struct Failures<K: Resource> {
+    by_object: Mutex<HashMap<ObjectRef<K>, u32>>,
+}
+
+impl<K: Resource> Default for Failures<K> {
+    fn default() -> Self {
+        Self {
+            by_object: Mutex::default(),
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> Failures<K> {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(120);
+
+    /// Records a failure and returns how long to wait before the next try.
+    pub fn failed(&self, obj: &K) -> Duration {
+        let mut by_object = self.by_object.lock().unwrap_or_else(|p| p.into_inner());
+        let count = by_object.entry(ObjectRef::from_obj(obj)).or_default();
+        *count = count.saturating_add(1);
+        Self::FIRST
+            .saturating_mul(1 << (*count - 1).min(16))
+            .min(Self::MAX)
+    }
+
+    pub fn succeeded(&self, obj: &K) {
+        let mut by_object = self.by_object.lock().unwrap_or_else(|p| p.into_inner());
+        if !by_object.is_empty() {
+            by_object.remove(&ObjectRef::from_obj(obj));
+        }
+    }
+}

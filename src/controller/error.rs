@@ -1,0 +1,34 @@
+use thiserror::Error;
+
+/// Why a reconcile failed. The controller retries with backoff; the variant names the
+/// `error` label of the `reserve_reconcile_errors_total` metric.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("writing status of {kind} {namespace}/{name}: {source}")]
+    WriteStatus {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{kind} {name} has no namespace")]
+    NoNamespace { kind: &'static str, name: String },
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::WriteStatus {
+                source: kube::Error::Api(status),
+                ..
+            } if status.code == 409 => "conflict",
+            Error::WriteStatus {
+                source: kube::Error::Api(status),
+                ..
+            } if status.code == 403 => "forbidden",
+            Error::WriteStatus { .. } => "write_status",
+            Error::NoNamespace { .. } => "no_namespace",
+        }
+    }
+}
