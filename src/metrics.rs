@@ -132,10 +132,7 @@ impl Metrics {
     }
 
     /// Where `customers{level=...}` is read from at each scrape (the current customer cache).
-    pub fn set_levels_source(
-        &self,
-        source: Option<Box<dyn Fn() -> Vec<(String, i64)> + Send + Sync>>,
-    ) {
+    pub fn set_levels_source(&self, source: Option<LevelCounts>) {
         *self.levels_source.lock().unwrap_or_else(|p| p.into_inner()) = source;
     }
 
