@@ -5,6 +5,7 @@
 #   hack/local-cluster.sh down   stop it and delete its data
 #   hack/local-cluster.sh env    print `export KUBECONFIG=...`
 #
+# The API server writes an audit log (metadata of every request) to $dir/audit.log.
 # State lives in $RESERVE_CLUSTER_DIR (default: ${XDG_STATE_HOME:-~/.local/state}/reserve-operator/cluster).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,6 +53,14 @@ up() {
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
   )
   echo "$token,admin,admin,system:masters" >"$dir/tokens.csv"
+  # Request metadata of every call, so figures such as writes per order can be counted.
+  cat >"$dir/audit-policy.yaml" <<POLICY
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+POLICY
 
   say "starting etcd on 127.0.0.1:$etcd_port"
   "$bin/etcd" --data-dir "$dir/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" \
@@ -67,7 +76,8 @@ up() {
     --client-ca-file "$dir/pki/ca.crt" --token-auth-file "$dir/tokens.csv" --authorization-mode RBAC \
     --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$dir/pki/sa.pub" \
     --service-account-signing-key-file "$dir/pki/sa.key" --service-cluster-ip-range 10.96.0.0/16 \
-    --enable-priority-and-fairness=false --disable-admission-plugins ServiceAccount --endpoint-reconciler-type none \
+    --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/audit.log" --audit-log-mode batch \
+    --audit-log-batch-max-wait 1s --enable-priority-and-fairness=false --disable-admission-plugins ServiceAccount --endpoint-reconciler-type none \
     >"$dir/apiserver.log" 2>&1 &
   echo $! >"$dir/apiserver.pid"
 
