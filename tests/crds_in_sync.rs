@@ -4,14 +4,24 @@ use std::process::Command;
 
 #[test]
 fn committed_crds_match_the_rust_types() {
-    let printed = Command::new(env!("CARGO_BIN_EXE_reserve-operator")).arg("crds").output().unwrap();
+    let printed = Command::new(env!("CARGO_BIN_EXE_reserve-operator"))
+        .arg("crds")
+        .output()
+        .unwrap();
     assert!(printed.status.success());
-    let committed = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/crds/crds.yaml")).unwrap();
+    let committed = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/crds/crds.yaml"
+    ))
+    .unwrap();
     assert!(
         printed.stdout == committed,
         "manifests/crds/crds.yaml is out of date with src/crd/: run `make crds` and commit the result"
     );
-    assert_eq!(String::from_utf8(printed.stdout).unwrap(), reserve_operator::crd::crds_yaml());
+    assert_eq!(
+        String::from_utf8(printed.stdout).unwrap(),
+        reserve_operator::crd::crds_yaml()
+    );
 }
 
 #[test]

@@ -118,7 +118,9 @@ async fn apply(customer: &Customer, ctx: &Context) -> Result<Action, Error> {
                 "level {old_level} -> {new_level} (score {})",
                 desired.score
             )),
-            action: "Reconcile".into(),
+            // The recorder folds events with the same reason and action into one series that
+            // keeps its first note; naming the new level keeps each change visible.
+            action: format!("SetLevel{new_level}"),
             secondary: None,
         };
         if let Err(error) = ctx

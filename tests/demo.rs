@@ -1,0 +1,82 @@
+//! The quick start of README.md (`make demo`, i.e. hack/demo.sh) runs end to end, shows the
+//! customers reaching their levels and leaves no process behind.
+
+use std::process::Command;
+
+/// Rows of the final `kubectl get customers,orders` table, as (name, score, level).
+fn final_customers(output: &str) -> Vec<(String, String, String)> {
+    let final_table = output.rsplit("== Final state").next().unwrap_or_default();
+    final_table
+        .lines()
+        .filter_map(|line| line.strip_prefix("customer.reserve.coffeechain.io/"))
+        .map(|row| {
+            // NAME, DISPLAY NAME (two words), SCORE, LEVEL, COMPLETED, READY, AGE
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            let n = cols.len();
+            (
+                cols[0].to_owned(),
+                cols[n - 5].to_owned(),
+                cols[n - 4].to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn demo_shows_customers_reaching_their_levels() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let state = tempfile::tempdir().unwrap();
+    let output = Command::new("bash")
+        .arg(format!("{repo}/hack/demo.sh"))
+        .env(
+            "RESERVE_OPERATOR_BIN",
+            env!("CARGO_BIN_EXE_reserve-operator"),
+        )
+        .env("RESERVE_CLUSTER_DIR", state.path().join("cluster"))
+        .env_remove("KEEP")
+        .output()
+        .expect("hack/demo.sh runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+
+    let mut customers = final_customers(&stdout);
+    customers.sort();
+    let expected: Vec<(String, String, String)> = [
+        ("alice", "12", "Gold"),
+        ("bob", "1", "Bronze"),
+        ("carol", "2", "Bronze"),
+        ("dana", "0", "Bronze"),
+    ]
+    .iter()
+    .map(|(n, s, l)| (n.to_string(), s.to_string(), l.to_string()))
+    .collect();
+    assert_eq!(customers, expected, "final table in:\n{stdout}");
+    assert!(
+        stdout.contains("level Silver -> Gold (score 12)"),
+        "LevelChanged events listed:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("spec.state cannot change from Canceled to Completed"),
+        "{stdout}"
+    );
+
+    // Nothing left running: the control plane's state directory is gone with its pid files,
+    // and no process still uses it.
+    assert!(
+        !state.path().join("cluster").exists(),
+        "the demo left its control plane directory behind"
+    );
+    let leftovers = Command::new("pgrep")
+        .args(["-f", &state.path().to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(
+        leftovers.stdout.is_empty(),
+        "processes left behind: {}",
+        String::from_utf8_lossy(&leftovers.stdout)
+    );
+}
