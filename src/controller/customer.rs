@@ -119,8 +119,8 @@ async fn apply(customer: &Customer, ctx: &Context) -> Result<Action, Error> {
                 desired.score
             )),
             // The recorder folds events with the same reason and action into one series that
-            // keeps its first note; naming the new level keeps each change visible.
-            action: format!("SetLevel{new_level}"),
+            // keeps its first note; naming both levels folds only repeats of the same change.
+            action: format!("{old_level}To{new_level}"),
             secondary: None,
         };
         if let Err(error) = ctx
