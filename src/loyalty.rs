@@ -396,6 +396,13 @@ mod tests {
             prop_assert!(rank(low) <= rank(high));
         }
 
+        /// Arbitrary bytes (as the environment may hand them over) never make the parser panic.
+        #[test]
+        fn arbitrary_input_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let input = String::from_utf8_lossy(&bytes);
+            let _ = input.parse::<LevelPolicy>();
+        }
+
         /// Any string either parses into a policy that obeys every rule (and prints back to an
         /// equal policy), or gives an error; it never panics.
         #[test]

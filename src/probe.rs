@@ -48,17 +48,15 @@ async fn healthz(State(probes): State<Probes>) -> impl IntoResponse {
     }
 }
 
-/// The leader is ready once both caches are listed and watching; a standby is ready to take over.
+/// The leader is ready once both caches are listed and watching and no write was refused for
+/// lack of permission; a standby is ready to take over.
 async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
     if !probes.leading.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok (standby)\n")
-    } else if probes.readiness.is_ready() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "caches not synced or watches failing\n",
-        )
+        return (StatusCode::OK, "ok (standby)\n".to_owned());
+    }
+    match probes.readiness.problem() {
+        None => (StatusCode::OK, "ok\n".to_owned()),
+        Some(problem) => (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")),
     }
 }
 

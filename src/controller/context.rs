@@ -15,7 +15,7 @@ use kube::{
     },
 };
 
-use super::index::Index;
+use super::{Readiness, index::Index};
 use crate::{
     crd::{Customer, CustomerStatus, Order, OrderStatus},
     loyalty::LevelPolicy,
@@ -33,6 +33,7 @@ pub struct Context {
     pub orders: Store<Order>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    pub readiness: Readiness,
     pub customer_writes: WrittenStatus<Customer, CustomerStatus>,
     pub order_writes: WrittenStatus<Order, OrderStatus>,
     pub customer_failures: Failures<Customer>,
@@ -47,6 +48,7 @@ impl Context {
         customers: Store<Customer>,
         orders: Store<Order>,
         metrics: Arc<Metrics>,
+        readiness: Readiness,
         instance: Option<String>,
     ) -> Self {
         let reporter = Reporter {
@@ -61,6 +63,7 @@ impl Context {
             customers,
             orders,
             metrics,
+            readiness,
             customer_writes: WrittenStatus::default(),
             order_writes: WrittenStatus::default(),
             customer_failures: Failures::default(),
@@ -160,6 +163,25 @@ impl<K: Resource<DynamicType = ()>> Failures<K> {
         let mut by_object = self.by_object.lock().unwrap_or_else(|p| p.into_inner());
         if !by_object.is_empty() {
             by_object.remove(&ObjectRef::from_obj(obj));
+        }
+    }
+}
+
+impl Context {
+    /// Logs a failed reconcile and, for a refused permission, says so where operators look:
+    /// the log (once per failure, with what to grant) and `/readyz`.
+    pub fn report_failure(&self, controller: &str, object: &str, error: &super::Error) {
+        self.metrics
+            .reconcile_error(controller, error.metric_label());
+        if error.metric_label() == "forbidden" {
+            tracing::error!(
+                %error,
+                "permission denied: the operator's identity lacks an RBAC permission it needs \
+                 (see manifests/operator/rbac.yaml); retrying with backoff"
+            );
+            self.readiness.permission_denied(error.to_string());
+        } else {
+            tracing::warn!(object, %error, "reconcile failed; will retry");
         }
     }
 }

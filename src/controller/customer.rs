@@ -135,8 +135,6 @@ async fn apply(customer: &Customer, ctx: &Context) -> Result<Action, Error> {
 }
 
 pub fn error_policy(customer: Arc<Customer>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(customer = %customer.name_any(), %error, "reconcile failed; will retry");
-    ctx.metrics
-        .reconcile_error(CONTROLLER, error.metric_label());
+    ctx.report_failure(CONTROLLER, &customer.name_any(), error);
     Action::requeue(ctx.customer_failures.failed(&customer))
 }

@@ -4,7 +4,7 @@ use thiserror::Error;
 /// `error` label of the `reserve_reconcile_errors_total` metric.
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("writing status of {kind} {namespace}/{name}: {source}")]
+    #[error("writing status of {kind} {namespace}/{name}: {}", brief(source))]
     WriteStatus {
         kind: &'static str,
         namespace: String,
@@ -30,5 +30,13 @@ impl Error {
             Error::WriteStatus { .. } => "write_status",
             Error::NoNamespace { .. } => "no_namespace",
         }
+    }
+}
+
+/// The API server's own message for API errors (the full error is in `source()`).
+fn brief(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+        other => other.to_string(),
     }
 }

@@ -104,6 +104,7 @@ pub async fn run(
         customers.clone(),
         orders.clone(),
         metrics.clone(),
+        readiness.clone(),
         settings.identity.clone(),
     ));
     readiness.reset();
@@ -203,10 +204,11 @@ fn customer_feed(
     move |event| {
         let woken = match event {
             Ok(Event::Apply(customer)) => {
-                readiness.customers_watch_ok();
+                readiness.customers_event();
                 write(&index).apply_customer(customer)
             }
             Ok(Event::Delete(customer)) => {
+                readiness.customers_event();
                 ctx.customer_writes.forget(customer);
                 write(&index).delete_customer(customer)
             }
@@ -249,10 +251,11 @@ fn order_feed(
     move |event| {
         let woken = match event {
             Ok(Event::Apply(order)) => {
-                readiness.orders_watch_ok();
+                readiness.orders_event();
                 write(&index).apply_order(order).into_iter().collect()
             }
             Ok(Event::Delete(order)) => {
+                readiness.orders_event();
                 ctx.order_writes.forget(order);
                 write(&index).delete_order(order).into_iter().collect()
             }

@@ -169,8 +169,6 @@ async fn apply(order: &Order, ctx: &Context) -> Result<Action, Error> {
 }
 
 pub fn error_policy(order: Arc<Order>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(order = %order.name_any(), %error, "reconcile failed; will retry");
-    ctx.metrics
-        .reconcile_error(CONTROLLER, error.metric_label());
+    ctx.report_failure(CONTROLLER, &order.name_any(), error);
     Action::requeue(ctx.order_failures.failed(&order))
 }

@@ -1,12 +1,21 @@
-//! Whether the caches hold a full, current picture: `/readyz`, and the gate that keeps the
-//! controllers from acting on a partial one.
+//! Whether the caches hold a full, current picture and the operator can do its work: `/readyz`,
+//! and the gate that keeps the controllers from acting on a partial picture.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use tokio::sync::watch;
+
+/// A failing watch is retried with a backoff of up to about 30 s; without an event since its
+/// last error, it counts as failing for this long.
+const WATCH_ERROR_HOLD: Duration = Duration::from_secs(40);
+/// A refused write (missing RBAC permission) keeps the operator unready this long.
+const DENIED_HOLD: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Readiness {
@@ -16,8 +25,17 @@ pub struct Readiness {
 struct Inner {
     /// (customers listed, orders listed)
     synced: watch::Sender<(bool, bool)>,
-    customers_watch_ok: AtomicBool,
-    orders_watch_ok: AtomicBool,
+    epoch: Instant,
+    customers: WatchHealth,
+    orders: WatchHealth,
+    denied: Mutex<Option<(Instant, String)>>,
+}
+
+/// Milliseconds since `epoch` (plus one, so 0 means never) of the last error and the last event.
+#[derive(Default)]
+struct WatchHealth {
+    last_error: AtomicU64,
+    last_event: AtomicU64,
 }
 
 impl Default for Readiness {
@@ -25,19 +43,41 @@ impl Default for Readiness {
         Self {
             inner: Arc::new(Inner {
                 synced: watch::Sender::new((false, false)),
-                customers_watch_ok: AtomicBool::new(true),
-                orders_watch_ok: AtomicBool::new(true),
+                epoch: Instant::now(),
+                customers: WatchHealth::default(),
+                orders: WatchHealth::default(),
+                denied: Mutex::new(None),
             }),
         }
     }
 }
 
 impl Readiness {
-    /// Both caches hold a full list and neither watch is failing right now.
+    /// Why the operator is not ready, if it is not.
+    pub fn problem(&self) -> Option<String> {
+        let (customers, orders) = *self.inner.synced.borrow();
+        if !(customers && orders) {
+            return Some("caches not synced yet".into());
+        }
+        for (kind, health) in [
+            ("customers", &self.inner.customers),
+            ("orders", &self.inner.orders),
+        ] {
+            if self.failing(health) {
+                return Some(format!("watch of {kind} failing"));
+            }
+        }
+        let denied = self.inner.denied.lock().unwrap_or_else(|p| p.into_inner());
+        match &*denied {
+            Some((at, what)) if at.elapsed() < DENIED_HOLD => {
+                Some(format!("permission denied: {what}"))
+            }
+            _ => None,
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
-        *self.inner.synced.borrow() == (true, true)
-            && self.inner.customers_watch_ok.load(Ordering::Relaxed)
-            && self.inner.orders_watch_ok.load(Ordering::Relaxed)
+        self.problem().is_none()
     }
 
     /// Both caches have been listed in full (they may be failing to watch right now).
@@ -51,37 +91,103 @@ impl Readiness {
         let _ = rx.wait_for(|s| *s == (true, true)).await;
     }
 
+    /// Records a write the API server refused for lack of permission.
+    pub fn permission_denied(&self, what: String) {
+        *self.inner.denied.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), what));
+    }
+
     pub(crate) fn reset(&self) {
         self.inner.synced.send_replace((false, false));
-        self.inner.customers_watch_ok.store(true, Ordering::Relaxed);
-        self.inner.orders_watch_ok.store(true, Ordering::Relaxed);
+        for health in [&self.inner.customers, &self.inner.orders] {
+            health.last_error.store(0, Ordering::Relaxed);
+            health.last_event.store(0, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn customers_synced(&self) {
         self.inner.synced.send_modify(|s| s.0 = true);
-        self.customers_watch_ok();
+        self.customers_event();
     }
 
     pub(crate) fn orders_synced(&self) {
         self.inner.synced.send_modify(|s| s.1 = true);
-        self.orders_watch_ok();
+        self.orders_event();
     }
 
-    pub(crate) fn customers_watch_ok(&self) {
-        self.inner.customers_watch_ok.store(true, Ordering::Relaxed);
+    pub(crate) fn customers_event(&self) {
+        self.inner
+            .customers
+            .last_event
+            .store(self.now(), Ordering::Relaxed);
     }
 
-    pub(crate) fn orders_watch_ok(&self) {
-        self.inner.orders_watch_ok.store(true, Ordering::Relaxed);
+    pub(crate) fn orders_event(&self) {
+        self.inner
+            .orders
+            .last_event
+            .store(self.now(), Ordering::Relaxed);
     }
 
     pub(crate) fn customers_watch_failed(&self) {
         self.inner
-            .customers_watch_ok
-            .store(false, Ordering::Relaxed);
+            .customers
+            .last_error
+            .store(self.now(), Ordering::Relaxed);
     }
 
     pub(crate) fn orders_watch_failed(&self) {
-        self.inner.orders_watch_ok.store(false, Ordering::Relaxed);
+        self.inner
+            .orders
+            .last_error
+            .store(self.now(), Ordering::Relaxed);
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    fn failing(&self, health: &WatchHealth) -> bool {
+        let error = health.last_error.load(Ordering::Relaxed);
+        let event = health.last_event.load(Ordering::Relaxed);
+        let hold = u64::try_from(WATCH_ERROR_HOLD.as_millis()).unwrap_or(u64::MAX);
+        error > event && self.now().saturating_sub(error) < hold
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_once_both_caches_are_listed_and_while_watches_work() {
+        let readiness = Readiness::default();
+        assert_eq!(
+            readiness.problem().as_deref(),
+            Some("caches not synced yet")
+        );
+        readiness.customers_synced();
+        assert!(!readiness.is_ready());
+        readiness.orders_synced();
+        assert!(readiness.is_ready());
+        readiness.orders_watch_failed();
+        assert_eq!(
+            readiness.problem().as_deref(),
+            Some("watch of orders failing")
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        readiness.orders_event();
+        assert!(
+            readiness.is_ready(),
+            "an event after the error means the watch is back"
+        );
+        readiness.permission_denied("patch orders/status in ns".into());
+        assert_eq!(
+            readiness.problem().as_deref(),
+            Some("permission denied: patch orders/status in ns")
+        );
+        readiness.reset();
+        assert!(!readiness.is_synced());
     }
 }
