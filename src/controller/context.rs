@@ -11,7 +11,7 @@ use kube::{
     Client, Resource, ResourceExt,
     runtime::{
         events::{Recorder, Reporter},
-        reflector::{ObjectRef, Store},
+        reflector::ObjectRef,
     },
 };
 
@@ -29,8 +29,6 @@ pub struct Context {
     pub client: Client,
     pub policy: LevelPolicy,
     pub index: Arc<RwLock<Index>>,
-    pub customers: Store<Customer>,
-    pub orders: Store<Order>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
@@ -45,8 +43,6 @@ impl Context {
         client: Client,
         policy: LevelPolicy,
         index: Arc<RwLock<Index>>,
-        customers: Store<Customer>,
-        orders: Store<Order>,
         metrics: Arc<Metrics>,
         readiness: Readiness,
         instance: Option<String>,
@@ -60,8 +56,6 @@ impl Context {
             client,
             policy,
             index,
-            customers,
-            orders,
             metrics,
             readiness,
             customer_writes: WrittenStatus::default(),

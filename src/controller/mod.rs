@@ -101,8 +101,6 @@ pub async fn run(
         client,
         settings.policy.clone(),
         index.clone(),
-        customers.clone(),
-        orders.clone(),
         metrics.clone(),
         readiness.clone(),
         settings.identity.clone(),
