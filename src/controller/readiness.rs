@@ -26,16 +26,19 @@ struct Inner {
     /// (customers listed, orders listed)
     synced: watch::Sender<(bool, bool)>,
     epoch: Instant,
+    seq: AtomicU64,
     customers: WatchHealth,
     orders: WatchHealth,
     denied: Mutex<Option<(Instant, String)>>,
 }
 
-/// Milliseconds since `epoch` (plus one, so 0 means never) of the last error and the last event.
+/// When the watch last failed and last delivered an event: a sequence number each (0: never),
+/// to tell which came last, and the milliseconds since `epoch` of the error.
 #[derive(Default)]
 struct WatchHealth {
-    last_error: AtomicU64,
-    last_event: AtomicU64,
+    error_seq: AtomicU64,
+    error_at: AtomicU64,
+    event_seq: AtomicU64,
 }
 
 impl Default for Readiness {
@@ -44,6 +47,7 @@ impl Default for Readiness {
             inner: Arc::new(Inner {
                 synced: watch::Sender::new((false, false)),
                 epoch: Instant::now(),
+                seq: AtomicU64::new(0),
                 customers: WatchHealth::default(),
                 orders: WatchHealth::default(),
                 denied: Mutex::new(None),
@@ -99,8 +103,8 @@ impl Readiness {
     pub(crate) fn reset(&self) {
         self.inner.synced.send_replace((false, false));
         for health in [&self.inner.customers, &self.inner.orders] {
-            health.last_error.store(0, Ordering::Relaxed);
-            health.last_event.store(0, Ordering::Relaxed);
+            health.error_seq.store(0, Ordering::Relaxed);
+            health.event_seq.store(0, Ordering::Relaxed);
         }
     }
 
@@ -115,44 +119,45 @@ impl Readiness {
     }
 
     pub(crate) fn customers_event(&self) {
-        self.inner
-            .customers
-            .last_event
-            .store(self.now(), Ordering::Relaxed);
+        self.event(&self.inner.customers);
     }
 
     pub(crate) fn orders_event(&self) {
-        self.inner
-            .orders
-            .last_event
-            .store(self.now(), Ordering::Relaxed);
+        self.event(&self.inner.orders);
     }
 
     pub(crate) fn customers_watch_failed(&self) {
-        self.inner
-            .customers
-            .last_error
-            .store(self.now(), Ordering::Relaxed);
+        self.failed(&self.inner.customers);
     }
 
     pub(crate) fn orders_watch_failed(&self) {
-        self.inner
-            .orders
-            .last_error
-            .store(self.now(), Ordering::Relaxed);
+        self.failed(&self.inner.orders);
     }
 
-    fn now(&self) -> u64 {
-        u64::try_from(self.inner.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1)
+    fn next_seq(&self) -> u64 {
+        self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn event(&self, health: &WatchHealth) {
+        health.event_seq.store(self.next_seq(), Ordering::Relaxed);
+    }
+
+    fn failed(&self, health: &WatchHealth) {
+        health.error_at.store(self.millis(), Ordering::Relaxed);
+        health.error_seq.store(self.next_seq(), Ordering::Relaxed);
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn failing(&self, health: &WatchHealth) -> bool {
-        let error = health.last_error.load(Ordering::Relaxed);
-        let event = health.last_event.load(Ordering::Relaxed);
         let hold = u64::try_from(WATCH_ERROR_HOLD.as_millis()).unwrap_or(u64::MAX);
-        error > event && self.now().saturating_sub(error) < hold
+        let since_error = self
+            .millis()
+            .saturating_sub(health.error_at.load(Ordering::Relaxed));
+        health.error_seq.load(Ordering::Relaxed) > health.event_seq.load(Ordering::Relaxed)
+            && since_error < hold
     }
 }
 
@@ -176,7 +181,6 @@ mod tests {
             readiness.problem().as_deref(),
             Some("watch of orders failing")
         );
-        std::thread::sleep(Duration::from_millis(2));
         readiness.orders_event();
         assert!(
             readiness.is_ready(),
