@@ -1,0 +1,1037 @@
+//! Running the operator like in production (issue 5): the kustomize base in
+//! `manifests/operator/` installs, its ServiceAccount can do exactly what the operator needs
+//! (nothing more, no 403 in a real run), leader election hands over on SIGKILL and SIGTERM, and
+//! the probe endpoints answer.
+//!
+//! Every test uses its own namespaces and runs operators restricted to them (`--namespace`), so
+//! the tests can share the control plane and run in parallel.
+
+mod support;
+
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::Kubeconfig;
+use kube::{Api, Client};
+use reserve_operator::crd::{Customer, CustomerSpec, Order, OrderSpec, OrderState};
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use support::{AuditEvent, ControlPlane, OperatorProcess, eventually, fresh_namespace};
+
+const BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/operator");
+const SYSTEM_NS: &str = "reserve-system";
+const SA: &str = "reserve-operator";
+const SA_USER: &str = "system:serviceaccount:reserve-system:reserve-operator";
+const CLUSTER_ROLE: &str = "reserve-operator";
+const LEASE_ROLE: &str = "reserve-operator-leader-election";
+/// The operator's lease duration (`leader::LEASE_SECONDS`).
+const LEASE_SECONDS: u64 = 15;
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `kubectl apply -k manifests/operator` for real, once per test binary.
+fn install() -> &'static ControlPlane {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    let cp = ControlPlane::get();
+    INSTALLED.get_or_init(|| {
+        let out = cp.kubectl(&["apply", "-k", BASE]);
+        assert!(out.status.success(), "apply -k {BASE}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("PodSecurity"),
+            "the Deployment violates the namespace's Pod Security level: {stderr}"
+        );
+    });
+    cp
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.1 GET against the probe server: (status code, body). Blocking, but short
+/// (loopback, 2 s timeouts).
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let timeout = Duration::from_secs(2);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// `reserve_leader` from `/metrics`, if the process answers.
+async fn leader_gauge(port: u16) -> Option<i64> {
+    let (code, body) = http_get(port, "/metrics").await?;
+    if code != 200 {
+        return None;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix("reserve_leader "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn customer(name: &str) -> Customer {
+    Customer::new(
+        name,
+        CustomerSpec {
+            display_name: Some(format!("Customer {name}")),
+        },
+    )
+}
+
+fn order(name: &str, customer: &str, quantity: i32, state: OrderState) -> Order {
+    Order::new(
+        name,
+        OrderSpec {
+            customer: customer.into(),
+            product: "Americano".into(),
+            quantity,
+            state,
+        },
+    )
+}
+
+async fn complete(orders: &Api<Order>, name: &str) {
+    orders
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"state": "Completed"}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("complete order {name}: {e}"));
+}
+
+/// Waits until the customer's status shows `score` and `level`.
+async fn wait_for_score(customers: &Api<Customer>, name: &str, score: i64, level: &str) {
+    let what = format!("customer {name} with score {score} and level {level}");
+    eventually(Duration::from_secs(30), &what, || {
+        let customers = customers.clone();
+        async move {
+            let c = customers.get(name).await.ok()?;
+            let s = c.status?;
+            (s.score == score && s.level.as_deref() == Some(level)).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Successful status patches on customers and orders in `namespace`, by `user`.
+fn status_patches(audit: &[AuditEvent], user: &str, namespace: &str) -> usize {
+    audit
+        .iter()
+        .filter(|e| {
+            e.user == user
+                && e.verb == "patch"
+                && e.api_group == "reserve.coffeechain.io"
+                && (e.resource == "customers" || e.resource == "orders")
+                && e.subresource.as_deref() == Some("status")
+                && e.namespace.as_deref() == Some(namespace)
+                && e.code.is_some_and(|c| (200..300).contains(&c))
+        })
+        .count()
+}
+
+/// A kubeconfig that authenticates with the bearer `token` against the test API server.
+fn token_kubeconfig(cp: &ControlPlane, token: &str, namespace: &str) -> PathBuf {
+    let admin = Kubeconfig::read_from(cp.kubeconfig()).expect("read admin kubeconfig");
+    let cluster = admin.clusters[0].cluster.clone().expect("admin cluster");
+    let server = cluster.server.expect("server");
+    let ca = cluster
+        .certificate_authority_data
+        .expect("certificate-authority-data");
+    let path = support::watchdog().unique_path("kubeconfig-sa", ".yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\ncontexts:\n- name: sa\n  context:\n    cluster: test\n    user: sa\n    namespace: {namespace}\ncurrent-context: sa\nusers:\n- name: sa\n  user:\n    token: {token}\n"
+        ),
+    )
+    .expect("write kubeconfig");
+    path
+}
+
+fn probe_arg(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// Dumps the operator's log when a test fails while it is in scope.
+struct LogOnPanic(&'static str, PathBuf);
+
+impl Drop for LogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+            eprintln!("---- log of {} ----\n{log}", self.0);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the manifests
+
+#[tokio::test]
+async fn manifests_pass_server_side_dry_run_and_grant_exactly_the_documented_rules() {
+    let cp = install();
+    let out = cp.kubectl(&["apply", "--dry-run=server", "-k", BASE]);
+    assert!(out.status.success(), "dry run: {}", text(&out));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    for object in [
+        "namespace/reserve-system",
+        "customresourcedefinition.apiextensions.k8s.io/customers.reserve.coffeechain.io",
+        "customresourcedefinition.apiextensions.k8s.io/orders.reserve.coffeechain.io",
+        "serviceaccount/reserve-operator",
+        "role.rbac.authorization.k8s.io/reserve-operator-leader-election",
+        "clusterrole.rbac.authorization.k8s.io/reserve-operator",
+        "rolebinding.rbac.authorization.k8s.io/reserve-operator-leader-election",
+        "clusterrolebinding.rbac.authorization.k8s.io/reserve-operator",
+        "configmap/reserve-operator-config",
+        "service/reserve-operator-metrics",
+        "deployment.apps/reserve-operator",
+    ] {
+        assert!(listed.contains(object), "{object} missing from\n{listed}");
+    }
+
+    // The namespace enforces the "restricted" Pod Security level, which the Deployment meets
+    // (install() saw no warning); a pod template without the securityContext draws one.
+    let out = cp.kubectl(&[
+        "create",
+        "deployment",
+        "unhardened",
+        "--image=reserve-operator:latest",
+        "-n",
+        SYSTEM_NS,
+        "--dry-run=server",
+    ]);
+    assert!(
+        text(&out).contains("would violate PodSecurity \"restricted:latest\""),
+        "{}",
+        text(&out)
+    );
+
+    let client = cp.client().await;
+    let rules = |rules: Option<Vec<PolicyRule>>| -> BTreeSet<String> {
+        let mut set = BTreeSet::new();
+        for r in rules.unwrap_or_default() {
+            for g in r.api_groups.unwrap_or_default() {
+                for res in r.resources.clone().unwrap_or_default() {
+                    for v in &r.verbs {
+                        let names = r.resource_names.clone().unwrap_or_default().join(",");
+                        set.insert(format!("{g}/{res}[{names}]:{v}"));
+                    }
+                }
+            }
+        }
+        set
+    };
+    let cluster_role = Api::<ClusterRole>::all(client.clone())
+        .get(CLUSTER_ROLE)
+        .await
+        .unwrap();
+    let expected: BTreeSet<String> = [
+        "reserve.coffeechain.io/customers[]:get",
+        "reserve.coffeechain.io/customers[]:list",
+        "reserve.coffeechain.io/customers[]:watch",
+        "reserve.coffeechain.io/orders[]:get",
+        "reserve.coffeechain.io/orders[]:list",
+        "reserve.coffeechain.io/orders[]:watch",
+        "reserve.coffeechain.io/customers/status[]:patch",
+        "reserve.coffeechain.io/orders/status[]:patch",
+        "events.k8s.io/events[]:create",
+        "events.k8s.io/events[]:patch",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(rules(cluster_role.rules), expected);
+    let role = Api::<Role>::namespaced(client.clone(), SYSTEM_NS)
+        .get(LEASE_ROLE)
+        .await
+        .unwrap();
+    let expected: BTreeSet<String> = [
+        "coordination.k8s.io/leases[]:create",
+        "coordination.k8s.io/leases[reserve-operator]:get",
+        "coordination.k8s.io/leases[reserve-operator]:list",
+        "coordination.k8s.io/leases[reserve-operator]:watch",
+        "coordination.k8s.io/leases[reserve-operator]:patch",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(rules(role.rules), expected);
+
+    // The Deployment as the API server stored it.
+    let out = cp.kubectl(&[
+        "get",
+        "deployment/reserve-operator",
+        "-n",
+        SYSTEM_NS,
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["spec"]["replicas"], 2);
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], SA);
+    let c = &pod["containers"][0];
+    assert_eq!(
+        c["args"],
+        serde_json::json!(["run", "--log-format", "json"])
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["ports"][0]["containerPort"], 8080);
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["runAsUser"], 65532);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    let env = c["env"].as_array().unwrap();
+    let field = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone())
+    };
+    assert_eq!(field("RESERVE_IDENTITY"), Some("metadata.name".into()));
+    assert_eq!(
+        field("RESERVE_LEASE_NAMESPACE"),
+        Some("metadata.namespace".into())
+    );
+    assert_eq!(
+        c["envFrom"][0]["configMapRef"]["name"],
+        "reserve-operator-config"
+    );
+    let out = cp.kubectl(&[
+        "get",
+        "configmap/reserve-operator-config",
+        "-n",
+        SYSTEM_NS,
+        "-o",
+        "jsonpath={.data.RESERVE_LEVELS}",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        reserve_operator::loyalty::DEFAULT_LEVELS
+    );
+}
+
+#[tokio::test]
+async fn service_account_can_do_what_the_operator_needs_and_nothing_else() {
+    let cp = install();
+    let other_ns = fresh_namespace(&cp.client().await, "ops-cani").await;
+    let as_sa = format!("--as={SA_USER}");
+    let can_i = |args: &[&str]| -> bool {
+        let mut all = vec!["auth", "can-i", as_sa.as_str()];
+        all.extend_from_slice(args);
+        let out = cp.kubectl(&all);
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            answer == "yes" || answer == "no",
+            "kubectl {all:?}: {}",
+            text(&out)
+        );
+        answer == "yes"
+    };
+    let ns = other_ns.as_str();
+    let yes: &[&[&str]] = &[
+        &["list", "customers.reserve.coffeechain.io", "-A"],
+        &["watch", "customers.reserve.coffeechain.io", "-A"],
+        &["list", "orders.reserve.coffeechain.io", "-A"],
+        &["watch", "orders.reserve.coffeechain.io", "-A"],
+        &["get", "orders.reserve.coffeechain.io", "-n", ns],
+        &[
+            "patch",
+            "customers.reserve.coffeechain.io",
+            "--subresource=status",
+            "-n",
+            ns,
+        ],
+        &[
+            "patch",
+            "orders.reserve.coffeechain.io",
+            "--subresource=status",
+            "-n",
+            ns,
+        ],
+        &["create", "events.events.k8s.io", "-n", ns],
+        &["patch", "events.events.k8s.io", "-n", ns],
+        &["create", "leases.coordination.k8s.io", "-n", SYSTEM_NS],
+        &[
+            "get",
+            "leases.coordination.k8s.io/reserve-operator",
+            "-n",
+            SYSTEM_NS,
+        ],
+        &[
+            "patch",
+            "leases.coordination.k8s.io/reserve-operator",
+            "-n",
+            SYSTEM_NS,
+        ],
+    ];
+    let no: &[&[&str]] = &[
+        &["*", "*", "-A"],
+        &["*", "*", "-n", SYSTEM_NS],
+        &["get", "secrets", "-n", ns],
+        &["list", "secrets", "-A"],
+        &["get", "secrets", "-n", SYSTEM_NS],
+        &["list", "pods", "-A"],
+        &["list", "pods", "-n", SYSTEM_NS],
+        &["update", "customers.reserve.coffeechain.io", "-n", ns],
+        &["patch", "customers.reserve.coffeechain.io", "-n", ns],
+        &["update", "orders.reserve.coffeechain.io", "-n", ns],
+        &["patch", "orders.reserve.coffeechain.io", "-n", ns],
+        &[
+            "update",
+            "customers.reserve.coffeechain.io",
+            "--subresource=status",
+            "-n",
+            ns,
+        ],
+        &["delete", "customers.reserve.coffeechain.io", "-n", ns],
+        &["delete", "orders.reserve.coffeechain.io", "-n", ns],
+        &[
+            "deletecollection",
+            "orders.reserve.coffeechain.io",
+            "-n",
+            ns,
+        ],
+        &["create", "customers.reserve.coffeechain.io", "-n", ns],
+        &["create", "orders.reserve.coffeechain.io", "-n", ns],
+        &["create", "events", "-n", ns],
+        &["delete", "events.events.k8s.io", "-n", ns],
+        &["list", "events.events.k8s.io", "-n", ns],
+        &["get", "leases.coordination.k8s.io", "-n", ns],
+        &["create", "leases.coordination.k8s.io", "-n", ns],
+        &[
+            "patch",
+            "leases.coordination.k8s.io/reserve-operator",
+            "-n",
+            ns,
+        ],
+        &["update", "leases.coordination.k8s.io", "-n", ns],
+        &["list", "leases.coordination.k8s.io", "-A"],
+        &[
+            "update",
+            "leases.coordination.k8s.io/reserve-operator",
+            "-n",
+            SYSTEM_NS,
+        ],
+        &[
+            "delete",
+            "leases.coordination.k8s.io/reserve-operator",
+            "-n",
+            SYSTEM_NS,
+        ],
+        &[
+            "patch",
+            "leases.coordination.k8s.io/someone-else",
+            "-n",
+            SYSTEM_NS,
+        ],
+        &[
+            "get",
+            "leases.coordination.k8s.io/someone-else",
+            "-n",
+            SYSTEM_NS,
+        ],
+        &["create", "customresourcedefinitions.apiextensions.k8s.io"],
+        &["list", "namespaces"],
+        &["list", "configmaps", "-n", SYSTEM_NS],
+        &["create", "clusterrolebindings"],
+        &["escalate", "clusterroles"],
+        &["impersonate", "users"],
+    ];
+    let mut wrong = Vec::new();
+    for args in yes {
+        if !can_i(args) {
+            wrong.push(format!("expected yes: {args:?}"));
+        }
+    }
+    for args in no {
+        if can_i(args) {
+            wrong.push(format!("expected no: {args:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// the operator under its own ServiceAccount
+
+#[tokio::test]
+async fn operator_with_the_service_account_token_reconciles_without_a_403() {
+    let cp = install();
+    if cp.skip_unless_local("the audit log") {
+        return;
+    }
+    let out = cp.kubectl(&["create", "token", SA, "-n", SYSTEM_NS, "--duration", "1h"]);
+    assert!(out.status.success(), "create token: {}", text(&out));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let kubeconfig = token_kubeconfig(cp, &token, SYSTEM_NS);
+
+    let admin = cp.client().await;
+    let ns = fresh_namespace(&admin, "ops-sa").await;
+    let port = free_port();
+    let probe = probe_arg(port);
+    let mut operator = OperatorProcess::spawn(
+        &kubeconfig,
+        &[
+            "run",
+            "--namespace",
+            &ns,
+            "--leader-election",
+            "--lease-namespace",
+            SYSTEM_NS,
+            "--identity",
+            "sa-test",
+            "--probe-addr",
+            &probe,
+            "--log-format",
+            "json",
+        ],
+    );
+    let _log = LogOnPanic("the SA operator", operator.log_path().to_path_buf());
+
+    // It leads, and is ready once its caches are synced.
+    eventually(
+        Duration::from_secs(30),
+        "the SA operator to lead",
+        || async { (leader_gauge(port).await == Some(1)).then_some(()) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "/readyz 200 on the leader",
+        || async {
+            let (code, body) = http_get(port, "/readyz").await?;
+            (code == 200 && body.trim() == "ok").then_some(())
+        },
+    )
+    .await;
+    let (code, body) = http_get(port, "/healthz").await.expect("/healthz answers");
+    assert_eq!((code, body.trim()), (200, "ok"));
+
+    let customers: Api<Customer> = Api::namespaced(admin.clone(), &ns);
+    let orders: Api<Order> = Api::namespaced(admin.clone(), &ns);
+    let pp = PostParams::default();
+    customers.create(&pp, &customer("alice")).await.unwrap();
+    for (name, qty) in [("o1", 2), ("o2", 3), ("o3", 4), ("o4", 1)] {
+        orders
+            .create(&pp, &order(name, "alice", qty, OrderState::Requested))
+            .await
+            .unwrap();
+    }
+    // An order of a customer that does not exist: an Event (Warning, CustomerNotFound).
+    orders
+        .create(&pp, &order("lost", "nobody", 1, OrderState::Requested))
+        .await
+        .unwrap();
+    wait_for_score(&customers, "alice", 0, "Bronze").await;
+    for name in ["o1", "o2", "o3"] {
+        complete(&orders, name).await;
+    }
+    wait_for_score(&customers, "alice", 9, "Silver").await;
+    complete(&orders, "o4").await;
+    wait_for_score(&customers, "alice", 10, "Gold").await;
+    let alice = customers.get("alice").await.unwrap().status.unwrap();
+    assert_eq!(
+        (
+            alice.completed_orders,
+            alice.open_orders,
+            alice.canceled_orders
+        ),
+        (4, 0, 0)
+    );
+    let o1 = orders.get("o1").await.unwrap().status.expect("o1 status");
+    assert_eq!(o1.phase, Some(OrderState::Completed));
+    let lost = eventually(Duration::from_secs(30), "order lost to be Iron", || {
+        let orders = orders.clone();
+        async move {
+            let s = orders.get("lost").await.ok()?.status?;
+            (s.customer_level.as_deref() == Some("Iron")).then_some(s)
+        }
+    })
+    .await;
+    assert!(
+        lost.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "CustomerNotFound"),
+        "{lost:?}"
+    );
+
+    // The metrics of a leader that has reconciled. (reserve_reconcile_errors_total has no
+    // series, not even HELP/TYPE, until the first error: prometheus-client omits empty families.)
+    let (code, metrics) = http_get(port, "/metrics").await.expect("/metrics answers");
+    assert_eq!(code, 200);
+    for family in [
+        "reserve_reconciles_total{controller=",
+        "reserve_reconcile_duration_seconds_bucket{",
+        "reserve_reconcile_duration_seconds_count{",
+        "reserve_status_writes_total{controller=",
+        "reserve_customers{level=\"Gold\"} 1",
+        "reserve_leader 1",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+
+    // SIGTERM: a clean exit that releases the Lease.
+    operator.sigterm();
+    let status = operator
+        .wait_exit(Duration::from_secs(10))
+        .expect("the operator exits within 10s of SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    let holder = cp.kubectl(&[
+        "get",
+        "lease/reserve-operator",
+        "-n",
+        SYSTEM_NS,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert!(holder.status.success(), "{}", text(&holder));
+    assert_eq!(
+        String::from_utf8_lossy(&holder.stdout),
+        "",
+        "lease released"
+    );
+
+    // What it did, per the API server: everything allowed, and nothing outside the RBAC.
+    let audit: Vec<AuditEvent> = cp
+        .audit()
+        .into_iter()
+        // Authenticated by the token (`kubectl auth can-i --as=...` of another test shows up
+        // with the SA as the impersonated user, but authenticated as the admin).
+        .filter(|e| e.authenticated_user == SA_USER && e.stage == "ResponseComplete")
+        .collect();
+    let denied: Vec<&AuditEvent> = audit.iter().filter(|e| e.code == Some(403)).collect();
+    assert!(denied.is_empty(), "403 for the operator: {denied:#?}");
+    let used: BTreeSet<String> = audit
+        .iter()
+        .map(|e| {
+            let resource = match &e.subresource {
+                Some(sub) => format!("{}/{sub}", e.resource),
+                None => e.resource.clone(),
+            };
+            format!("{}/{resource}:{}", e.api_group, e.verb)
+        })
+        .collect();
+    eprintln!("the operator's requests (group/resource:verb): {used:#?}");
+    for needed in [
+        "reserve.coffeechain.io/customers:list",
+        "reserve.coffeechain.io/customers:watch",
+        "reserve.coffeechain.io/orders:list",
+        "reserve.coffeechain.io/orders:watch",
+        "reserve.coffeechain.io/customers/status:patch",
+        "reserve.coffeechain.io/orders/status:patch",
+        "events.k8s.io/events:create",
+        "coordination.k8s.io/leases:get",
+        "coordination.k8s.io/leases:patch",
+    ] {
+        assert!(used.contains(needed), "{needed} not used: {used:?}");
+    }
+    let granted: BTreeSet<&str> = [
+        "reserve.coffeechain.io/customers:get",
+        "reserve.coffeechain.io/customers:list",
+        "reserve.coffeechain.io/customers:watch",
+        "reserve.coffeechain.io/orders:get",
+        "reserve.coffeechain.io/orders:list",
+        "reserve.coffeechain.io/orders:watch",
+        "reserve.coffeechain.io/customers/status:patch",
+        "reserve.coffeechain.io/orders/status:patch",
+        "events.k8s.io/events:create",
+        "events.k8s.io/events:patch",
+        "coordination.k8s.io/leases:create",
+        "coordination.k8s.io/leases:get",
+        "coordination.k8s.io/leases:list",
+        "coordination.k8s.io/leases:watch",
+        "coordination.k8s.io/leases:patch",
+    ]
+    .into();
+    let outside: Vec<&String> = used
+        .iter()
+        .filter(|u| !granted.contains(u.as_str()))
+        .collect();
+    assert!(outside.is_empty(), "requests outside the RBAC: {outside:?}");
+    // Leases only in its own namespace.
+    assert!(
+        audit
+            .iter()
+            .filter(|e| e.resource == "leases")
+            .all(|e| e.namespace.as_deref() == Some(SYSTEM_NS)
+                && e.name.as_deref().is_none_or(|n| n == "reserve-operator")),
+        "lease requests outside reserve-system/reserve-operator"
+    );
+    assert!(status_patches(&audit, SA_USER, &ns) >= 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// two replicas
+
+/// Binds `users` to the manifests' ClusterRole (cluster-wide) and to a copy of the lease Role
+/// in `lease_ns`.
+async fn bind_like_the_service_account(client: &Client, lease_ns: &str, users: &[&str]) {
+    let subjects: Vec<Subject> = users
+        .iter()
+        .map(|u| Subject {
+            kind: "User".into(),
+            name: u.to_string(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            ..Default::default()
+        })
+        .collect();
+    let pp = PostParams::default();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(
+            &pp,
+            &ClusterRoleBinding {
+                metadata: ObjectMeta {
+                    name: Some(format!("reserve-operator-test-{lease_ns}")),
+                    ..Default::default()
+                },
+                role_ref: RoleRef {
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    kind: "ClusterRole".into(),
+                    name: CLUSTER_ROLE.into(),
+                },
+                subjects: Some(subjects.clone()),
+            },
+        )
+        .await
+        .unwrap();
+    let original = Api::<Role>::namespaced(client.clone(), SYSTEM_NS)
+        .get(LEASE_ROLE)
+        .await
+        .unwrap();
+    Api::<Role>::namespaced(client.clone(), lease_ns)
+        .create(
+            &pp,
+            &Role {
+                metadata: ObjectMeta {
+                    name: Some(LEASE_ROLE.into()),
+                    ..Default::default()
+                },
+                rules: original.rules,
+            },
+        )
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), lease_ns)
+        .create(
+            &pp,
+            &RoleBinding {
+                metadata: ObjectMeta {
+                    name: Some(LEASE_ROLE.into()),
+                    ..Default::default()
+                },
+                role_ref: RoleRef {
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    kind: "Role".into(),
+                    name: LEASE_ROLE.into(),
+                },
+                subjects: Some(subjects),
+            },
+        )
+        .await
+        .unwrap();
+}
+
+struct Replica {
+    user: &'static str,
+    identity: String,
+    kubeconfig: PathBuf,
+    port: u16,
+    process: OperatorProcess,
+}
+
+impl Replica {
+    fn spawn(
+        user: &'static str,
+        identity: &str,
+        kubeconfig: &Path,
+        ns: &str,
+        lease_ns: &str,
+    ) -> Self {
+        let port = free_port();
+        let probe = probe_arg(port);
+        let process = OperatorProcess::spawn(
+            kubeconfig,
+            &[
+                "run",
+                "--namespace",
+                ns,
+                "--lease-namespace",
+                lease_ns,
+                "--identity",
+                identity,
+                "--probe-addr",
+                &probe,
+            ],
+        );
+        Replica {
+            user,
+            identity: identity.into(),
+            kubeconfig: kubeconfig.into(),
+            port,
+            process,
+        }
+    }
+
+    async fn leading(&self) -> Option<bool> {
+        leader_gauge(self.port).await.map(|g| g == 1)
+    }
+
+    async fn wait_up(&self) {
+        let what = format!("{} to serve /metrics", self.identity);
+        eventually(Duration::from_secs(30), &what, || async {
+            self.leading().await.map(|_| ())
+        })
+        .await;
+    }
+
+    fn dump(&self) {
+        eprintln!(
+            "---- log of {} ({}) ----\n{}",
+            self.identity,
+            self.user,
+            self.process.logs()
+        );
+    }
+}
+
+/// Polls every 100ms until `replica` reports `reserve_leader 1`; returns how long that took.
+async fn time_to_lead(replica: &Replica, since: Instant, limit: Duration) -> Duration {
+    loop {
+        if replica.leading().await == Some(true) {
+            return since.elapsed();
+        }
+        if since.elapsed() > limit {
+            replica.dump();
+            panic!("{} did not take over within {limit:?}", replica.identity);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Exactly one of `replicas` leads, steadily for `steady`; returns its index.
+async fn exactly_one_leader(replicas: &[&Replica], steady: Duration) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut leader: Option<(usize, Instant)> = None;
+    loop {
+        let mut states = Vec::new();
+        for r in replicas {
+            states.push(r.leading().await);
+        }
+        let leaders: Vec<usize> = (0..states.len())
+            .filter(|&i| states[i] == Some(true))
+            .collect();
+        assert!(
+            leaders.len() <= 1,
+            "more than one leader at once: {states:?}"
+        );
+        let all_up = states.iter().all(Option::is_some);
+        match (leaders.first(), leader) {
+            (Some(&i), Some((j, since))) if i == j && all_up => {
+                if since.elapsed() >= steady {
+                    return i;
+                }
+            }
+            (Some(&i), _) if all_up => leader = Some((i, Instant::now())),
+            _ => leader = None,
+        }
+        if Instant::now() > deadline {
+            for r in replicas {
+                r.dump();
+            }
+            panic!("no single steady leader: {states:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_hand_over_on_sigkill_and_sigterm() {
+    let cp = install();
+    if cp.skip_unless_local("the audit log") {
+        return;
+    }
+    let admin = cp.client().await;
+    let ns = fresh_namespace(&admin, "ops-replicas").await;
+    let lease_ns = fresh_namespace(&admin, "ops-lease").await;
+    let (user_a, user_b) = ("reserve-operator-a", "reserve-operator-b");
+    bind_like_the_service_account(&admin, &lease_ns, &[user_a, user_b]).await;
+    let kc_a = cp.kubeconfig_as(user_a, &[]);
+    let kc_b = cp.kubeconfig_as(user_b, &[]);
+
+    let a = Replica::spawn(user_a, "replica-a", &kc_a, &ns, &lease_ns);
+    let b = Replica::spawn(user_b, "replica-b", &kc_b, &ns, &lease_ns);
+    a.wait_up().await;
+    b.wait_up().await;
+    let first = exactly_one_leader(&[&a, &b], Duration::from_secs(2)).await;
+    let (mut leader, mut standby) = if first == 0 { (a, b) } else { (b, a) };
+    eprintln!("first leader: {}", leader.identity);
+
+    // The standby is ready (to take over) and says so.
+    let (code, body) = http_get(standby.port, "/readyz").await.expect("/readyz");
+    assert!(
+        code == 200 && body.contains("standby"),
+        "standby /readyz: {code} {body}"
+    );
+    let (code, _) = http_get(standby.port, "/healthz").await.expect("/healthz");
+    assert_eq!(code, 200);
+
+    let customers: Api<Customer> = Api::namespaced(admin.clone(), &ns);
+    let orders: Api<Order> = Api::namespaced(admin.clone(), &ns);
+    let pp = PostParams::default();
+    customers.create(&pp, &customer("bob")).await.unwrap();
+    orders
+        .create(&pp, &order("b1", "bob", 3, OrderState::Completed))
+        .await
+        .unwrap();
+    orders
+        .create(&pp, &order("b2", "bob", 2, OrderState::Requested))
+        .await
+        .unwrap();
+    wait_for_score(&customers, "bob", 3, "Bronze").await;
+    complete(&orders, "b2").await;
+    wait_for_score(&customers, "bob", 5, "Silver").await;
+    let audit = cp.audit();
+    let (by_leader, by_standby) = (
+        status_patches(&audit, leader.user, &ns),
+        status_patches(&audit, standby.user, &ns),
+    );
+    assert!(by_leader > 0, "the leader wrote no status");
+    assert_eq!(by_standby, 0, "the standby wrote status");
+    assert_eq!(standby.leading().await, Some(false));
+    // The standby waits for the Lease's release with a watch restricted to it by name, which
+    // the Role's resourceNames allows.
+    assert!(
+        audit.iter().any(|e| e.user == standby.user
+            && e.verb == "watch"
+            && e.resource == "leases"
+            && e.namespace.as_deref() == Some(lease_ns.as_str())
+            && e.code == Some(200)),
+        "no watch on the Lease by the standby"
+    );
+
+    // SIGKILL the leader: the standby takes over once the Lease expires.
+    let killed = Instant::now();
+    leader.process.kill();
+    let sigkill_handover =
+        time_to_lead(&standby, killed, Duration::from_secs(LEASE_SECONDS + 10)).await;
+    eprintln!(
+        "hand-over after SIGKILL of {}: {:.2}s (lease duration {LEASE_SECONDS}s)",
+        leader.identity,
+        sigkill_handover.as_secs_f64()
+    );
+    let before = status_patches(&cp.audit(), standby.user, &ns);
+    orders
+        .create(&pp, &order("b3", "bob", 5, OrderState::Completed))
+        .await
+        .unwrap();
+    wait_for_score(&customers, "bob", 10, "Gold").await;
+    assert!(
+        status_patches(&cp.audit(), standby.user, &ns) > before,
+        "the new leader wrote no status"
+    );
+
+    // Restart the killed replica: it becomes the standby.
+    let restarted = Replica::spawn(
+        leader.user,
+        &leader.identity,
+        &leader.kubeconfig.clone(),
+        &ns,
+        &lease_ns,
+    );
+    restarted.wait_up().await;
+    drop(std::mem::replace(&mut leader, standby));
+    standby = restarted;
+    let steady = exactly_one_leader(&[&leader, &standby], Duration::from_secs(1)).await;
+    assert_eq!(
+        steady, 0,
+        "the restarted replica took the Lease from a live leader"
+    );
+    let (code, body) = http_get(standby.port, "/readyz").await.expect("/readyz");
+    assert!(
+        code == 200 && body.contains("standby"),
+        "standby /readyz: {code} {body}"
+    );
+
+    // SIGTERM the leader: it releases the Lease and the standby takes over at once.
+    let termed = Instant::now();
+    leader.process.sigterm();
+    let sigterm_handover = time_to_lead(&standby, termed, Duration::from_secs(5)).await;
+    let status = leader
+        .process
+        .wait_exit(Duration::from_secs(10))
+        .expect("the leader exits within 10s of SIGTERM");
+    let exit_after = termed.elapsed();
+    eprintln!(
+        "hand-over after SIGTERM of {}: {:.2}s; it exited ({status}) after {:.2}s",
+        leader.identity,
+        sigterm_handover.as_secs_f64(),
+        exit_after.as_secs_f64()
+    );
+    if !status.success() {
+        leader.dump();
+    }
+    assert!(status.success(), "SIGTERM exit status {status}");
+    assert!(
+        sigterm_handover < Duration::from_secs(3),
+        "SIGTERM hand-over took {sigterm_handover:?}"
+    );
+
+    let before = status_patches(&cp.audit(), standby.user, &ns);
+    orders
+        .create(&pp, &order("b4", "bob", 5, OrderState::Completed))
+        .await
+        .unwrap();
+    wait_for_score(&customers, "bob", 15, "Platinum").await;
+    assert!(
+        status_patches(&cp.audit(), standby.user, &ns) > before,
+        "the newest leader wrote no status"
+    );
+
+    // Nobody was refused anything.
+    let denied: Vec<AuditEvent> = cp
+        .audit()
+        .into_iter()
+        .filter(|e| (e.user == user_a || e.user == user_b) && e.code == Some(403))
+        .collect();
+    assert!(denied.is_empty(), "403s: {denied:#?}");
+
+    standby.process.sigterm();
+    let status = standby
+        .process
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+}
