@@ -79,6 +79,18 @@ impl Default for Metrics {
             "1 while this replica holds the Lease and reconciles",
             leader.clone(),
         );
+        // Present at zero from the start, so alerts on them work before the first failure.
+        for controller in ["customer", "order"] {
+            reconciles.get_or_create(&ControllerLabel {
+                controller: controller.into(),
+            });
+            for error in ["conflict", "forbidden", "write_status"] {
+                errors.get_or_create(&ErrorLabels {
+                    controller: controller.into(),
+                    error: error.into(),
+                });
+            }
+        }
         Self {
             registry,
             reconciles,
