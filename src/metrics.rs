@@ -81,14 +81,18 @@ impl Default for Metrics {
         );
         // Present at zero from the start, so alerts on them work before the first failure.
         for controller in ["customer", "order"] {
-            reconciles.get_or_create(&ControllerLabel {
-                controller: controller.into(),
-            });
-            for error in ["conflict", "forbidden", "write_status"] {
-                errors.get_or_create(&ErrorLabels {
+            reconciles
+                .get_or_create(&ControllerLabel {
                     controller: controller.into(),
-                    error: error.into(),
-                });
+                })
+                .inc_by(0);
+            for error in ["conflict", "forbidden", "write_status"] {
+                errors
+                    .get_or_create(&ErrorLabels {
+                        controller: controller.into(),
+                        error: error.into(),
+                    })
+                    .inc_by(0);
             }
         }
         Self {
