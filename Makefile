@@ -23,7 +23,7 @@ crds: ## regenerate manifests/crds/crds.yaml from src/crd/
 tools: ## build (once) kube-apiserver, kubectl and etcd into ~/.cache/reserve-operator
 	@hack/control-plane-tools.sh >/dev/null
 
-.PHONY: demo dev dev-down run
+.PHONY: demo dev dev-down run bench
 
 demo: ## start a local control plane and the operator, play the samples in examples/, stop everything
 	hack/demo.sh
@@ -40,3 +40,6 @@ dev-down: ## stop the local control plane of `make dev` and delete its data
 run: ## run the operator against the current KUBECONFIG (INSTALL_CRDS=1 applies manifests/crds first)
 	@if [ "$(INSTALL_CRDS)" = 1 ]; then kubectl apply -k manifests/crds; fi
 	$(CARGO) run --bin reserve-operator -- run --no-leader-election --probe-addr 127.0.0.1:8080 $(ARGS)
+
+bench: tools ## convergence benchmark, 1,000 customers / 20,000 orders (BENCH_ARGS=--sweep for 1k/5k/20k orders)
+	hack/bench.sh $(BENCH_ARGS)
