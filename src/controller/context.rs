@@ -118,6 +118,30 @@ where
         by_object.insert(ObjectRef::from_obj(obj), (based_on, status));
     }
 
+    /// The watch delivered `obj`: once it shows a version other than the one a write was made
+    /// on top of, the cache has caught up with that write and the entry can go.
+    pub fn observed(&self, obj: &K) {
+        let mut by_object = self.by_object.lock().unwrap_or_else(|p| p.into_inner());
+        if by_object.is_empty() {
+            return;
+        }
+        let key = ObjectRef::from_obj(obj);
+        if by_object
+            .get(&key)
+            .is_some_and(|(based_on, _)| Some(based_on) != obj.resource_version().as_ref())
+        {
+            by_object.remove(&key);
+        }
+    }
+
+    #[cfg(test)]
+    fn pending(&self) -> usize {
+        self.by_object
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// Forgets what was written for an object (after a failed write, or when it is deleted).
     pub fn forget(&self, obj: &K) {
         let mut by_object = self.by_object.lock().unwrap_or_else(|p| p.into_inner());
@@ -177,5 +201,69 @@ impl Context {
         } else {
             tracing::warn!(object, %error, "reconcile failed; will retry");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::CustomerSpec;
+
+    fn customer(resource_version: &str, score: i64) -> Customer {
+        let mut customer = Customer::new("alice", CustomerSpec::default());
+        customer.metadata.namespace = Some("ns".into());
+        customer.metadata.resource_version = Some(resource_version.into());
+        customer.status = Some(CustomerStatus {
+            score,
+            ..Default::default()
+        });
+        customer
+    }
+
+    #[test]
+    fn a_write_counts_until_the_watch_shows_a_newer_version() {
+        let written = WrittenStatus::<Customer, CustomerStatus>::default();
+        let cached = customer("1", 1);
+        written.wrote(
+            &cached,
+            CustomerStatus {
+                score: 2,
+                ..Default::default()
+            },
+        );
+        // The cache still shows version 1: what was written is the current status.
+        assert_eq!(
+            written
+                .current(&cached, cached.status.as_ref())
+                .unwrap()
+                .score,
+            2
+        );
+        written.observed(&cached);
+        assert_eq!(written.pending(), 1, "the same version is not news");
+        // The watch delivers version 2 (our write): the entry goes, the cache is current.
+        let caught_up = customer("2", 2);
+        written.observed(&caught_up);
+        assert_eq!(written.pending(), 0);
+        assert_eq!(
+            written
+                .current(&caught_up, caught_up.status.as_ref())
+                .unwrap()
+                .score,
+            2
+        );
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_per_object_up_to_a_cap() {
+        let failures = Failures::<Customer>::default();
+        let alice = customer("1", 0);
+        let delays: Vec<Duration> = (0..12).map(|_| failures.failed(&alice)).collect();
+        assert_eq!(delays[0], Duration::from_millis(250));
+        assert_eq!(delays[1], Duration::from_millis(500));
+        assert_eq!(delays[2], Duration::from_secs(1));
+        assert_eq!(delays[11], Duration::from_secs(120));
+        failures.succeeded(&alice);
+        assert_eq!(failures.failed(&alice), Duration::from_millis(250));
     }
 }

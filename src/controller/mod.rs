@@ -203,6 +203,7 @@ fn customer_feed(
         let woken = match event {
             Ok(Event::Apply(customer)) => {
                 readiness.customers_event();
+                ctx.customer_writes.observed(customer);
                 write(&index).apply_customer(customer)
             }
             Ok(Event::Delete(customer)) => {
@@ -250,6 +251,7 @@ fn order_feed(
         let woken = match event {
             Ok(Event::Apply(order)) => {
                 readiness.orders_event();
+                ctx.order_writes.observed(order);
                 write(&index).apply_order(order).into_iter().collect()
             }
             Ok(Event::Delete(order)) => {
