@@ -8,7 +8,8 @@
 //! object written, so they do not wake the writer again.
 //!
 //! Neither controller acts before both caches hold a full list: a customer reconciled against
-//! half of its orders would publish a wrong score.
+//! half of its orders would publish a wrong score. After each (re-)list of a kind, every object
+//! of that kind is reconciled once, and the index wakes what changed while the watch was away.
 
 pub mod conditions;
 mod context;
@@ -113,6 +114,8 @@ pub async fn run(
 
     let (wake_customers, customer_wakes) = unbounded_channel::<ObjectRef<Customer>>();
     let (wake_orders, order_wakes) = unbounded_channel::<ObjectRef<Order>>();
+    let (customers_listed, customer_lists) = unbounded_channel::<()>();
+    let (orders_listed, order_lists) = unbounded_channel::<()>();
     // Triggers that arrive before both caches are listed are dropped: the reconcile of
     // everything that follows the first full list covers them.
     let synced = {
@@ -130,9 +133,10 @@ pub async fn run(
             index.clone(),
             ctx.clone(),
             wake_orders,
+            customers_listed,
             readiness.clone(),
         ))
-        .applied_objects()
+        .filter_map(live_objects)
         .predicate_filter(predicates::generation, Default::default())
         .filter(after_sync(&readiness));
     let order_events = watcher(order_api)
@@ -142,9 +146,10 @@ pub async fn run(
             index,
             ctx.clone(),
             wake_customers,
+            orders_listed,
             readiness.clone(),
         ))
-        .applied_objects()
+        .filter_map(live_objects)
         .predicate_filter(predicates::generation, Default::default())
         .filter(after_sync(&readiness));
 
@@ -156,14 +161,20 @@ pub async fn run(
                 .concurrency(settings.concurrency),
         )
         .reconcile_on(UnboundedReceiverStream::new(customer_wakes).filter(after_sync(&readiness)))
-        .reconcile_all_on(stream::once(synced()))
+        .reconcile_all_on(stream::select(
+            stream::once(synced()),
+            UnboundedReceiverStream::new(customer_lists).filter(after_sync(&readiness)),
+        ))
         .graceful_shutdown_on(stop.clone())
         .run(customer::reconcile, customer::error_policy, ctx.clone())
         .for_each(|result| log_result(customer::CONTROLLER, result));
     let order_controller = Controller::for_stream(order_events, orders)
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .reconcile_on(UnboundedReceiverStream::new(order_wakes).filter(after_sync(&readiness)))
-        .reconcile_all_on(stream::once(synced()))
+        .reconcile_all_on(stream::select(
+            stream::once(synced()),
+            UnboundedReceiverStream::new(order_lists).filter(after_sync(&readiness)),
+        ))
         .graceful_shutdown_on(stop)
         .run(order::reconcile, order::error_policy, ctx.clone())
         .for_each(|result| log_result(order::CONTROLLER, result));
@@ -196,6 +207,7 @@ fn customer_feed(
     index: Arc<RwLock<Index>>,
     ctx: Arc<Context>,
     wake_orders: UnboundedSender<ObjectRef<Order>>,
+    listed: UnboundedSender<()>,
     readiness: Readiness,
 ) -> impl FnMut(&Result<Event<Customer>, watcher::Error>) {
     let mut relisted: Option<CustomerUids> = None;
@@ -225,6 +237,7 @@ fn customer_feed(
             Ok(Event::InitDone) => {
                 let woken = write(&index).reset_customers(relisted.take().unwrap_or_default());
                 readiness.customers_synced();
+                let _ = listed.send(());
                 woken
             }
             Err(error) => {
@@ -244,6 +257,7 @@ fn order_feed(
     index: Arc<RwLock<Index>>,
     ctx: Arc<Context>,
     wake_customers: UnboundedSender<ObjectRef<Customer>>,
+    listed: UnboundedSender<()>,
     readiness: Readiness,
 ) -> impl FnMut(&Result<Event<Order>, watcher::Error>) {
     let mut relisted: Option<OrdersByCustomer> = None;
@@ -274,6 +288,7 @@ fn order_feed(
             Ok(Event::InitDone) => {
                 let woken = write(&index).reset_orders(relisted.take().unwrap_or_default());
                 readiness.orders_synced();
+                let _ = listed.send(());
                 woken
             }
             Err(error) => {
@@ -286,6 +301,19 @@ fn order_feed(
             let _ = wake_customers.send(customer);
         }
     }
+}
+
+/// Objects of live watch events (and watch errors) only. Objects of a (re-)list reach the cache
+/// only when the list is complete, so a reconcile triggered by one would not find it; every
+/// object is reconciled once its list is done instead (`reconcile_all_on`).
+fn live_objects<K>(
+    event: Result<Event<K>, watcher::Error>,
+) -> future::Ready<Option<Result<K, watcher::Error>>> {
+    future::ready(match event {
+        Ok(Event::Apply(obj)) => Some(Ok(obj)),
+        Ok(_) => None,
+        Err(error) => Some(Err(error)),
+    })
 }
 
 /// A stream filter that passes items only once both caches are listed.
