@@ -74,8 +74,8 @@ impl Settings {
             namespace,
             policy,
             identity,
-            customer_debounce: Duration::from_millis(500),
-            concurrency: 16,
+            customer_debounce: Duration::from_millis(1000),
+            concurrency: 64,
         }
     }
 }
