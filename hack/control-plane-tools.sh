@@ -58,7 +58,7 @@ export GOFLAGS="-buildvcs=false -trimpath" CGO_ENABLED=0
 # k8s.io/kubernetes points its staging modules (k8s.io/api, ...) at ./staging with replace
 # directives, which `go install pkg@version` refuses. A throwaway module that requires it and
 # replaces each staging module with its published version builds the same code.
-say "building kube-apiserver and kubectl $K8S_VERSION with $(go version | cut -d' ' -f3) (first time: 10-25 minutes on 2 cores)"
+say "building kube-apiserver and kubectl $K8S_VERSION with $(go version | cut -d' ' -f3) (first time: about 7 minutes on 2 cores, more on a slow network)"
 mkdir "$work/k8s"
 (
   cd "$work/k8s"
