@@ -7,10 +7,11 @@ use std::{
     time::Duration,
 };
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Client, Resource, ResourceExt,
     runtime::{
-        events::{Recorder, Reporter},
+        events::{Event, Recorder, Reporter},
         reflector::ObjectRef,
     },
 };
@@ -29,7 +30,7 @@ pub struct Context {
     pub client: Client,
     pub policy: LevelPolicy,
     pub index: Arc<RwLock<Index>>,
-    pub recorder: Recorder,
+    reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
     pub customer_writes: WrittenStatus<Customer, CustomerStatus>,
@@ -52,7 +53,7 @@ impl Context {
             instance,
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             policy,
             index,
@@ -63,6 +64,20 @@ impl Context {
             customer_failures: Failures::default(),
             order_failures: Failures::default(),
         }
+    }
+
+    /// Publishes an Event about `reference`.
+    ///
+    /// A recorder per Event: kube's recorder keeps every Event it published for six minutes to
+    /// fold repeats into a series, and the operator's Events are each worth their own entry.
+    pub async fn publish(
+        &self,
+        event: &Event,
+        reference: &ObjectReference,
+    ) -> Result<(), kube::Error> {
+        Recorder::new(self.client.clone(), self.reporter.clone())
+            .publish(event, reference)
+            .await
     }
 
     pub fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {

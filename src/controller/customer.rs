@@ -118,16 +118,12 @@ async fn apply(customer: &Customer, ctx: &Context) -> Result<Action, Error> {
                 "level {old_level} -> {new_level} (score {})",
                 desired.score
             )),
-            // The recorder folds events with the same reason and action into one series that
-            // keeps its first note; naming both levels folds only repeats of the same change.
+            // Naming both levels keeps distinct changes apart in tools that group Events by
+            // reason and action.
             action: format!("{old_level}To{new_level}"),
             secondary: None,
         };
-        if let Err(error) = ctx
-            .recorder
-            .publish(&event, &customer.object_ref(&()))
-            .await
-        {
+        if let Err(error) = ctx.publish(&event, &customer.object_ref(&())).await {
             warn!(%error, "could not record the LevelChanged event");
         }
     }

@@ -161,7 +161,7 @@ async fn apply(order: &Order, ctx: &Context) -> Result<Action, Error> {
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(error) = ctx.recorder.publish(&event, &order.object_ref(&())).await {
+        if let Err(error) = ctx.publish(&event, &order.object_ref(&())).await {
             warn!(%error, "could not record the CustomerNotFound event");
         }
     }
