@@ -619,7 +619,7 @@ async fn a_missing_permission_is_reported_not_crashed_on() {
         r#"{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{{"name":"{user}"}},"rules":[
           {{"apiGroups":["reserve.coffeechain.io"],"resources":["customers","orders"],"verbs":["get","list","watch"]}},
           {{"apiGroups":["reserve.coffeechain.io"],"resources":["customers/status"],"verbs":["patch"]}},
-          {{"apiGroups":["events.k8s.io"],"resources":["events"],"verbs":["create","patch"]}}]}}"#
+          {{"apiGroups":["events.k8s.io"],"resources":["events"],"verbs":["create"]}}]}}"#
     );
     assert!(
         cp.kubectl_stdin(&["apply", "-f", "-"], &role)

@@ -265,7 +265,6 @@ async fn manifests_pass_server_side_dry_run_and_grant_exactly_the_documented_rul
         "reserve.coffeechain.io/customers/status[]:patch",
         "reserve.coffeechain.io/orders/status[]:patch",
         "events.k8s.io/events[]:create",
-        "events.k8s.io/events[]:patch",
     ]
     .map(String::from)
     .into();
@@ -382,7 +381,6 @@ async fn service_account_can_do_what_the_operator_needs_and_nothing_else() {
             ns,
         ],
         &["create", "events.events.k8s.io", "-n", ns],
-        &["patch", "events.events.k8s.io", "-n", ns],
         &["create", "leases.coordination.k8s.io", "-n", SYSTEM_NS],
         &[
             "get",
@@ -427,6 +425,7 @@ async fn service_account_can_do_what_the_operator_needs_and_nothing_else() {
         &["create", "customers.reserve.coffeechain.io", "-n", ns],
         &["create", "orders.reserve.coffeechain.io", "-n", ns],
         &["create", "events", "-n", ns],
+        &["patch", "events.events.k8s.io", "-n", ns],
         &["delete", "events.events.k8s.io", "-n", ns],
         &["list", "events.events.k8s.io", "-n", ns],
         &["get", "leases.coordination.k8s.io", "-n", ns],
@@ -668,7 +667,6 @@ async fn operator_with_the_service_account_token_reconciles_without_a_403() {
         "reserve.coffeechain.io/customers/status:patch",
         "reserve.coffeechain.io/orders/status:patch",
         "events.k8s.io/events:create",
-        "events.k8s.io/events:patch",
         "coordination.k8s.io/leases:create",
         "coordination.k8s.io/leases:get",
         "coordination.k8s.io/leases:list",
