@@ -7,14 +7,18 @@ use std::{
     time::Duration,
 };
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
-    Client, Resource, ResourceExt,
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
     runtime::{
         events::{Event, Recorder, Reporter},
         reflector::ObjectRef,
     },
 };
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
 
 use super::{Readiness, index::Index};
 use crate::{
@@ -63,6 +67,60 @@ impl Context {
             order_writes: WrittenStatus::default(),
             customer_failures: Failures::default(),
             order_failures: Failures::default(),
+        }
+    }
+
+    /// Server-side applies `status` to the status subresource of `obj` as the operator's field
+    /// manager, and remembers it until the watch shows the write. With `conditional`, the write
+    /// carries the resourceVersion it was computed from and fails (409) if the object changed.
+    pub async fn apply_status<K, S>(
+        &self,
+        controller: &str,
+        obj: &K,
+        status: &S,
+        written: &WrittenStatus<K, S>,
+        conditional: bool,
+    ) -> Result<(), super::Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+        S: Clone + Serialize,
+    {
+        let name = obj.name_any();
+        let namespace = obj.namespace().ok_or_else(|| super::Error::NoNamespace {
+            kind: K::kind(&()).into(),
+            name: name.clone(),
+        })?;
+        let mut patch = json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        });
+        if conditional {
+            patch["metadata"] = json!({ "resourceVersion": obj.resource_version() });
+        }
+        self.metrics.status_write(controller);
+        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api
+            .patch_status(&name, &params, &Patch::Apply(&patch))
+            .await
+        {
+            Ok(_) => {
+                written.wrote(obj, status.clone());
+                Ok(())
+            }
+            Err(source) => {
+                written.forget(obj);
+                Err(super::Error::WriteStatus {
+                    kind: K::kind(&()).into(),
+                    namespace,
+                    name,
+                    source,
+                })
+            }
         }
     }
 

@@ -3,19 +3,15 @@
 use std::sync::Arc;
 
 use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    Resource, ResourceExt,
     runtime::{
         controller::Action,
         events::{Event, EventType},
     },
 };
-use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
-use super::{
-    FIELD_MANAGER, RESYNC, conditions, context::Context, error::Error, index::CustomerKey,
-};
+use super::{RESYNC, conditions, context::Context, error::Error, index::CustomerKey};
 use crate::crd::{Customer, CustomerStatus};
 
 pub const CONTROLLER: &str = "customer";
@@ -63,11 +59,6 @@ pub async fn reconcile(customer: Arc<Customer>, ctx: Arc<Context>) -> Result<Act
 }
 
 async fn apply(customer: &Customer, ctx: &Context) -> Result<Action, Error> {
-    let name = customer.name_any();
-    let namespace = customer.namespace().ok_or_else(|| Error::NoNamespace {
-        kind: "Customer",
-        name: name.clone(),
-    })?;
     let current = ctx
         .customer_writes
         .current(customer, customer.status.as_ref());
@@ -77,30 +68,8 @@ async fn apply(customer: &Customer, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(RESYNC));
     }
 
-    let api: Api<Customer> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = json!({
-        "apiVersion": "reserve.coffeechain.io/v1alpha1",
-        "kind": "Customer",
-        "status": desired,
-    });
-    ctx.metrics.status_write(CONTROLLER);
-    if let Err(source) = api
-        .patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
-        ctx.customer_writes.forget(customer);
-        return Err(Error::WriteStatus {
-            kind: "Customer",
-            namespace,
-            name,
-            source,
-        });
-    }
-    ctx.customer_writes.wrote(customer, desired.clone());
+    ctx.apply_status(CONTROLLER, customer, &desired, &ctx.customer_writes, false)
+        .await?;
 
     let old_level = current.as_ref().and_then(|s| s.level.as_deref());
     let new_level = desired.level.as_deref().unwrap_or_default();

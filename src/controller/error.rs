@@ -6,14 +6,14 @@ use thiserror::Error;
 pub enum Error {
     #[error("writing status of {kind} {namespace}/{name}: {}", brief(source))]
     WriteStatus {
-        kind: &'static str,
+        kind: String,
         namespace: String,
         name: String,
         #[source]
         source: kube::Error,
     },
     #[error("{kind} {name} has no namespace")]
-    NoNamespace { kind: &'static str, name: String },
+    NoNamespace { kind: String, name: String },
 }
 
 impl Error {

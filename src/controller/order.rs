@@ -3,19 +3,15 @@
 use std::sync::Arc;
 
 use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    Resource, ResourceExt,
     runtime::{
         controller::Action,
         events::{Event, EventType},
     },
 };
-use serde_json::json;
 use tracing::{debug, instrument, warn};
 
-use super::{
-    FIELD_MANAGER, RESYNC, conditions, context::Context, error::Error, index::CustomerKey,
-};
+use super::{RESYNC, conditions, context::Context, error::Error, index::CustomerKey};
 use crate::{
     crd::{Order, OrderStatus},
     loyalty::MISSING_CUSTOMER_LEVEL,
@@ -104,11 +100,6 @@ pub async fn reconcile(order: Arc<Order>, ctx: Arc<Context>) -> Result<Action, E
 }
 
 async fn apply(order: &Order, ctx: &Context) -> Result<Action, Error> {
-    let name = order.name_any();
-    let namespace = order.namespace().ok_or_else(|| Error::NoNamespace {
-        kind: "Order",
-        name: name.clone(),
-    })?;
     let current = ctx.order_writes.current(order, order.status.as_ref());
     let desired = desired_status(order, current.as_ref(), ctx);
     if current.as_ref() == Some(&desired) {
@@ -116,34 +107,11 @@ async fn apply(order: &Order, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(RESYNC));
     }
 
-    let api: Api<Order> = Api::namespaced(ctx.client.clone(), &namespace);
-    // The resourceVersion makes the write conditional: if the cache is behind (someone else
-    // changed the order), the write is refused and retried with fresh data instead of
-    // overwriting a snapshot taken meanwhile.
-    let patch = json!({
-        "apiVersion": "reserve.coffeechain.io/v1alpha1",
-        "kind": "Order",
-        "metadata": { "resourceVersion": order.resource_version() },
-        "status": desired,
-    });
-    ctx.metrics.status_write(CONTROLLER);
-    if let Err(source) = api
-        .patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
-        ctx.order_writes.forget(order);
-        return Err(Error::WriteStatus {
-            kind: "Order",
-            namespace,
-            name,
-            source,
-        });
-    }
-    ctx.order_writes.wrote(order, desired.clone());
+    // Conditional on the resourceVersion: if the cache is behind (someone else changed the
+    // order), the write is refused and retried with fresh data instead of overwriting a
+    // snapshot taken meanwhile.
+    ctx.apply_status(CONTROLLER, order, &desired, &ctx.order_writes, true)
+        .await?;
 
     let was_missing = current
         .as_ref()
