@@ -26,7 +26,7 @@ use reserve_operator::{
     crd::{Customer, Order, OrderState},
     loyalty::{LevelPolicy, MISSING_CUSTOMER_LEVEL, Tally},
 };
-use scenario::{Scenario, free_port, is_write};
+use scenario::{Scenario, free_port, grant_cluster_admin, is_write};
 use support::{ControlPlane, OperatorProcess, eventually, fresh_namespace};
 use tokio::sync::RwLock;
 
@@ -501,14 +501,7 @@ async fn leader_killed_under_load_hands_over_and_ends_exact() {
     let mut replicas = Vec::new();
     for name in ["a", "b"] {
         let user = format!("{}-{name}", s.user);
-        let out = cp.kubectl(&[
-            "create",
-            "clusterrolebinding",
-            &user,
-            "--clusterrole=cluster-admin",
-            &format!("--user={user}"),
-        ]);
-        assert!(out.status.success());
+        grant_cluster_admin(&user);
         let port = free_port();
         let process = OperatorProcess::spawn(
             &cp.kubeconfig_as(&user, &[]),
@@ -696,7 +689,6 @@ async fn a_missing_permission_is_reported_not_crashed_on() {
 async fn deleting_everything_in_a_namespace_under_load_disturbs_no_other_namespace() {
     let _shared = APISERVER.read().await;
     let cp = ControlPlane::get();
-    // One operator for two namespaces: it has to watch all of them.
     let mut doomed = Scenario::start("doomed", &[]).await;
     doomed.operator.take();
     let kept_ns = fresh_namespace(&doomed.admin, "kept").await;
@@ -704,8 +696,7 @@ async fn deleting_everything_in_a_namespace_under_load_disturbs_no_other_namespa
         ns: kept_ns.clone(),
         ..doomed.clone_without_operator()
     };
-    // Cluster-wide, but only these two namespaces matter; other tests' objects are left alone by
-    // giving this operator no rights elsewhere.
+    // One operator per namespace, under one identity with rights in these two namespaces only.
     let user = format!("{}-ns", doomed.user);
     for ns in [&doomed.ns, &kept_ns] {
         let out = cp.kubectl(&[

@@ -26,6 +26,23 @@ pub struct Scenario {
     pub probe_port: u16,
 }
 
+/// Binds `user` to cluster-admin, so tests can run operators as identities of their own that
+/// the audit log tells apart.
+pub fn grant_cluster_admin(user: &str) {
+    let out = ControlPlane::get().kubectl(&[
+        "create",
+        "clusterrolebinding",
+        user,
+        "--clusterrole=cluster-admin",
+        &format!("--user={user}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -41,18 +58,7 @@ impl Scenario {
         let admin = cp.client().await;
         let ns = fresh_namespace(&admin, prefix).await;
         let user = format!("operator-{ns}");
-        let out = cp.kubectl(&[
-            "create",
-            "clusterrolebinding",
-            &user,
-            "--clusterrole=cluster-admin",
-            &format!("--user={user}"),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        grant_cluster_admin(&user);
         let kubeconfig = cp.kubeconfig_as(&user, &[]);
         let mut scenario = Scenario {
             ns,
