@@ -1,12 +1,26 @@
-//! Leader election on the `coordination.k8s.io` Lease `reserve-operator`: only the holder runs
-//! the controllers. A standby takes over when the leader releases the Lease (at once) or stops
-//! renewing it (after the lease duration).
+//! Leader election on the `coordination.k8s.io` Lease `reserve-operator`, and the fence that
+//! keeps every replica but a freshly renewed holder from writing.
+//!
+//! kube-lease-manager acquires, renews and releases the Lease, but reports only changes of
+//! leadership, not each renewal. A paused or partitioned leader would therefore go on believing
+//! it leads until its manager next runs. The fence closes that gap: a watch on the Lease records
+//! each renewal this replica made, at the moment (by this process's monotonic clock) the renewal
+//! was sent, and writes are allowed only until the Lease duration minus a safety margin has
+//! passed since then. A replica resumed after a pause longer than that writes nothing, whatever
+//! it still believes; the resourceVersion preconditions on every write do the rest.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
 
-use futures::{FutureExt, future::Shared};
+use futures::{FutureExt, StreamExt, future::Shared};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::{Api, Client, runtime::wait::await_condition};
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt, watcher},
+};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -16,6 +30,94 @@ pub const LEASE_NAME: &str = "reserve-operator";
 pub const LEASE_SECONDS: u64 = 15;
 /// The holder renews this long before expiry.
 const RENEW_BEFORE_SECONDS: u64 = 5;
+/// The holder stops writing this long before its Lease could expire for the other replicas.
+const SAFETY_MARGIN: Duration = Duration::from_secs(3);
+
+/// Whether this replica may write now.
+#[derive(Clone)]
+pub struct Fence {
+    state: Arc<Mutex<FenceState>>,
+    opened: watch::Sender<bool>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum FenceState {
+    /// No leader election: the only replica always writes.
+    Always,
+    /// Not the holder (or not confirmed yet).
+    Closed,
+    /// The holder, with a renewal fresh until then.
+    Until(Instant),
+}
+
+impl Fence {
+    /// A fence for a replica that runs without leader election.
+    pub fn always_open() -> Self {
+        Self::with(FenceState::Always)
+    }
+
+    /// A fence that opens once this replica's renewal of the Lease is confirmed.
+    pub fn closed() -> Self {
+        Self::with(FenceState::Closed)
+    }
+
+    fn with(state: FenceState) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(state)),
+            opened: watch::Sender::new(state != FenceState::Closed),
+        }
+    }
+
+    fn state(&self) -> FenceState {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ok when this replica may write now; otherwise why not.
+    pub fn check(&self) -> Result<(), &'static str> {
+        self.check_at(Instant::now())
+    }
+
+    fn check_at(&self, now: Instant) -> Result<(), &'static str> {
+        match self.state() {
+            FenceState::Always => Ok(()),
+            FenceState::Closed => Err("this replica does not hold the Lease"),
+            FenceState::Until(until) if now < until => Ok(()),
+            FenceState::Until(_) => Err("the Lease was not renewed in time"),
+        }
+    }
+
+    /// This replica's renewal, sent at `sent`, was accepted.
+    fn renewed(&self, sent: Instant) {
+        let until = sent + Duration::from_secs(LEASE_SECONDS) - SAFETY_MARGIN;
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = FenceState::Until(until);
+        self.opened.send_replace(true);
+    }
+
+    fn close(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if *state != FenceState::Always {
+            *state = FenceState::Closed;
+            self.opened.send_replace(false);
+        }
+    }
+
+    /// Resolves once the fence has opened (at once without leader election).
+    pub async fn opened(&self) {
+        let mut opened = self.opened.subscribe();
+        let _ = opened.wait_for(|open| *open).await;
+    }
+}
+
+/// When a renewal whose `renewTime` says `renewed` (the wall clock of the replica that sent it)
+/// was sent, by this process's monotonic clock. Measured now, so a pause between the renewal
+/// and the moment its watch event is read counts against it.
+fn sent_at(renewed: SystemTime) -> Instant {
+    let age = SystemTime::now()
+        .duration_since(renewed)
+        .unwrap_or(Duration::ZERO);
+    let now = Instant::now();
+    now.checked_sub(age).unwrap_or(now)
+}
 
 pub struct Election {
     pub client: Client,
@@ -25,9 +127,10 @@ pub struct Election {
 
 /// Runs `lead(stop)` in every term this replica holds the Lease, until `shutdown` resolves.
 /// `stop` resolves when the term ends (Lease lost, or shutdown); `lead` must then return.
-/// `on_change(true/false)` is told when a term starts and ends.
+/// `on_change(true/false)` is told when a term starts and ends; `fence` follows the renewals.
 pub async fn run_while_leading<S, L, F>(
     election: Election,
+    fence: Fence,
     shutdown: Shared<S>,
     on_change: impl Fn(bool),
     lead: L,
@@ -36,24 +139,31 @@ pub async fn run_while_leading<S, L, F>(
     L: Fn(Shared<futures::future::BoxFuture<'static, ()>>) -> F,
     F: Future<Output = ()>,
 {
-    let leases: Api<Lease> = Api::namespaced(election.client.clone(), &election.namespace);
+    let (released_tx, mut released) = watch::channel(());
+    let lease_watch = tokio::spawn(watch_lease(
+        Api::namespaced(election.client.clone(), &election.namespace),
+        election.identity.clone(),
+        fence.clone(),
+        released_tx,
+    ));
     loop {
         let manager = match build(&election).await {
             Ok(manager) => manager,
             Err(error) => {
                 warn!(%error, namespace = %election.namespace, "cannot use the Lease; retrying");
                 tokio::select! {
-                    _ = shutdown.clone() => return,
+                    _ = shutdown.clone() => break,
                     _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
                 }
             }
         };
 
-        // Standby: wait for the Lease, or for its release (then re-read it at once).
+        // Standby: wait for the Lease, or for its release (then try again at once).
+        released.mark_unchanged();
         let leading = tokio::select! {
-            _ = shutdown.clone() => return,
+            _ = shutdown.clone() => break,
             changed = manager.changed() => changed,
-            _ = released(&leases) => continue,
+            _ = released.changed() => continue,
         };
         match leading {
             Ok(true) => {}
@@ -86,8 +196,9 @@ pub async fn run_while_leading<S, L, F>(
                         warn!("lost the Lease; stopping the controllers");
                         break false;
                     }
-                    // The Lease could not be renewed (API server unreachable?); the manager
-                    // notices expiry on its next call, so keep trying.
+                    // The Lease could not be renewed (API server unreachable?); the fence stops
+                    // writes once the last renewal is too old, and the manager notices expiry
+                    // on its next call.
                     Err(error) => {
                         warn!(%error, "could not renew the Lease");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -95,6 +206,7 @@ pub async fn run_while_leading<S, L, F>(
                 },
             }
         };
+        fence.close();
         let _ = end_term.send(true);
         work.await;
         on_change(false);
@@ -104,9 +216,11 @@ pub async fn run_while_leading<S, L, F>(
             } else {
                 info!("released the Lease");
             }
-            return;
+            break;
         }
     }
+    fence.close();
+    lease_watch.abort();
 }
 
 async fn build(election: &Election) -> Result<LeaseManager, kube_lease_manager::LeaseManagerError> {
@@ -120,16 +234,72 @@ async fn build(election: &Election) -> Result<LeaseManager, kube_lease_manager::
         .await
 }
 
-/// Resolves when the Lease has no holder (released) or is gone.
-async fn released(leases: &Api<Lease>) {
-    let free = |lease: Option<&Lease>| {
-        lease
-            .and_then(|l| l.spec.as_ref())
-            .and_then(|s| s.holder_identity.as_ref())
-            .is_none()
-    };
-    if let Err(error) = await_condition(leases.clone(), LEASE_NAME, free).await {
-        warn!(%error, "watching the Lease failed");
-        futures::future::pending::<()>().await;
+/// Follows the Lease: opens the fence at each renewal by `identity`, closes it when someone
+/// else holds the Lease, and signals `released` when nobody does (a standby then takes it at
+/// once instead of waiting for it to expire).
+async fn watch_lease(
+    leases: Api<Lease>,
+    identity: String,
+    fence: Fence,
+    released: watch::Sender<()>,
+) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={LEASE_NAME}"));
+    let mut events = std::pin::pin!(watcher(leases, config).default_backoff().touched_objects());
+    while let Some(event) = events.next().await {
+        let lease = match event {
+            Ok(lease) => lease,
+            Err(error) => {
+                warn!(%error, "watching the Lease failed; retrying");
+                continue;
+            }
+        };
+        let spec = lease.spec.unwrap_or_default();
+        match (spec.holder_identity.as_deref(), spec.renew_time) {
+            (Some(holder), Some(renewed)) if holder == identity => {
+                fence.renewed(sent_at(SystemTime::from(renewed.0)));
+            }
+            (None, _) => {
+                fence.close();
+                released.send_replace(());
+            }
+            _ => fence.close(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fence_opens_for_a_fresh_renewal_and_closes_before_the_lease_can_expire() {
+        let fence = Fence::closed();
+        assert!(fence.check().is_err());
+        let sent = Instant::now();
+        fence.renewed(sent);
+        assert_eq!(fence.check_at(sent + Duration::from_secs(1)), Ok(()));
+        let stale = sent + Duration::from_secs(LEASE_SECONDS) - SAFETY_MARGIN;
+        assert_eq!(
+            fence.check_at(stale),
+            Err("the Lease was not renewed in time")
+        );
+        fence.close();
+        assert_eq!(
+            fence.check_at(sent),
+            Err("this replica does not hold the Lease")
+        );
+        assert_eq!(Fence::always_open().check(), Ok(()));
+    }
+
+    #[test]
+    fn a_renewal_read_late_counts_from_when_it_was_sent() {
+        // A renewal stamped 20 s ago (the process was paused meanwhile) is no longer fresh.
+        let sent = sent_at(SystemTime::now() - Duration::from_secs(20));
+        let fence = Fence::closed();
+        fence.renewed(sent);
+        assert!(fence.check().is_err());
+        let recent = sent_at(SystemTime::now() - Duration::from_millis(5));
+        fence.renewed(recent);
+        assert!(fence.check().is_ok());
     }
 }

@@ -7,4 +7,6 @@ pub mod crd;
 pub mod leader;
 pub mod loyalty;
 pub mod metrics;
+pub mod operator;
 pub mod probe;
+pub mod runtime_ext;

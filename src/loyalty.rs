@@ -173,30 +173,67 @@ pub struct Tally {
     pub score: i64,
     pub completed: i64,
     pub canceled: i64,
-    /// Requested orders, and orders the operator has not accepted yet (no phase).
+    /// Requested orders.
     pub open: i64,
 }
 
 impl Tally {
-    /// Counts one order, by its accepted phase (None: not accepted yet) and quantity.
-    pub fn count(&mut self, phase: Option<OrderState>, quantity: i64) {
-        match phase {
-            Some(OrderState::Completed) => {
+    /// Counts one order by its state (what the user declared in `spec.state`, whose transitions
+    /// the API server enforces) and quantity.
+    pub fn count(&mut self, state: OrderState, quantity: i64) {
+        match state {
+            OrderState::Completed => {
                 self.completed += 1;
                 self.score += quantity;
             }
-            Some(OrderState::Canceled) => self.canceled += 1,
-            Some(OrderState::Requested) | None => self.open += 1,
+            OrderState::Canceled => self.canceled += 1,
+            OrderState::Requested => self.open += 1,
         }
     }
 
-    /// The tally of a set of orders, given as (phase, quantity).
-    pub fn of(orders: impl IntoIterator<Item = (Option<OrderState>, i64)>) -> Self {
+    /// The tally of a set of orders, given as (state, quantity).
+    pub fn of(orders: impl IntoIterator<Item = (OrderState, i64)>) -> Self {
         let mut tally = Self::default();
-        for (phase, quantity) in orders {
-            tally.count(phase, quantity);
+        for (state, quantity) in orders {
+            tally.count(state, quantity);
         }
         tally
+    }
+}
+
+/// Where a customer stands: the tally, the level it gives, and what is left to the next level.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Standing {
+    pub score: i64,
+    pub level: String,
+    /// The next level of the policy; None at the top.
+    pub next_level: Option<String>,
+    /// Score still needed for `next_level`; None at the top.
+    pub points_to_next_level: Option<i64>,
+    pub completed: i64,
+    pub canceled: i64,
+    pub open: i64,
+}
+
+impl LevelPolicy {
+    /// The level above the one `score` gives, with its threshold; None at the top level.
+    pub fn next_level(&self, score: i64) -> Option<(&str, i64)> {
+        let at = self.levels.partition_point(|(_, min)| *min <= score);
+        self.levels.get(at).map(|(name, min)| (name.as_str(), *min))
+    }
+
+    /// The standing a tally gives under this policy.
+    pub fn standing(&self, tally: &Tally) -> Standing {
+        let next = self.next_level(tally.score);
+        Standing {
+            score: tally.score,
+            level: self.level_for(tally.score).to_owned(),
+            next_level: next.map(|(name, _)| name.to_owned()),
+            points_to_next_level: next.map(|(_, min)| min - tally.score),
+            completed: tally.completed,
+            canceled: tally.canceled,
+            open: tally.open,
+        }
     }
 }
 
@@ -308,11 +345,11 @@ mod tests {
     fn tally_counts_only_completed_orders_in_the_score() {
         use OrderState::*;
         let tally = Tally::of([
-            (Some(Completed), 3),
-            (Some(Canceled), 7),
-            (Some(Requested), 11),
-            (None, 13),
-            (Some(Completed), 2),
+            (Completed, 3),
+            (Canceled, 7),
+            (Requested, 11),
+            (Requested, 13),
+            (Completed, 2),
         ]);
         assert_eq!(
             tally,
@@ -323,6 +360,28 @@ mod tests {
                 open: 2
             }
         );
+    }
+
+    #[test]
+    fn standing_names_the_next_level_and_the_points_to_it() {
+        let policy = LevelPolicy::default();
+        let standing = |score| {
+            policy.standing(&Tally {
+                score,
+                completed: 1,
+                ..Tally::default()
+            })
+        };
+        let silver = standing(7);
+        assert_eq!(silver.level, "Silver");
+        assert_eq!(silver.next_level.as_deref(), Some("Gold"));
+        assert_eq!(silver.points_to_next_level, Some(3));
+        assert_eq!(standing(0).points_to_next_level, Some(5));
+        assert_eq!(standing(19).next_level.as_deref(), Some("Diamond"));
+        assert_eq!(standing(19).points_to_next_level, Some(1));
+        let top = standing(20);
+        assert_eq!(top.level, "Diamond");
+        assert_eq!((top.next_level, top.points_to_next_level), (None, None));
     }
 
     fn state() -> impl Strategy<Value = OrderState> {
@@ -357,7 +416,7 @@ mod tests {
                     *phase = next;
                 }
             }
-            let tally = Tally::of(orders.iter().enumerate().map(|(i, (qty, _, _))| (phases.get(&i).copied(), *qty)));
+            let tally = Tally::of(orders.iter().enumerate().map(|(i, (qty, _, _))| (phases.get(&i).copied().unwrap_or(OrderState::Requested), *qty)));
             let expected: i64 = orders
                 .iter()
                 .enumerate()
@@ -371,7 +430,7 @@ mod tests {
 
         /// The tally does not depend on the order the orders are listed in.
         #[test]
-        fn tally_ignores_listing_order(mut orders in prop::collection::vec((prop::option::of(state()), 1i64..=1000), 0..50)) {
+        fn tally_ignores_listing_order(mut orders in prop::collection::vec((state(), 1i64..=1000), 0..50)) {
             let forward = Tally::of(orders.clone());
             orders.reverse();
             prop_assert_eq!(forward, Tally::of(orders));

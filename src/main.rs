@@ -1,19 +1,9 @@
-use std::{
-    process::ExitCode,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::process::ExitCode;
 
 use clap::Parser;
-use futures::FutureExt;
 use reserve_operator::{
     cli::{Cli, Command, LogFormat, RunArgs},
-    controller::{self, Readiness, Settings},
-    leader::{self, Election},
-    metrics::Metrics,
-    probe::Probes,
+    operator,
 };
 use tracing::{error, info};
 
@@ -66,68 +56,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let default_namespace = config.default_namespace.clone();
     let client = kube::Client::try_from(config)
         .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
-    let identity = args
-        .identity
-        .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| format!("reserve-operator-{}", std::process::id()));
-
-    let metrics = Arc::new(Metrics::default());
-    let readiness = Readiness::default();
-    let leading = Arc::new(AtomicBool::new(false));
-    let alive = Arc::new(AtomicBool::new(true));
-    let shutdown = shutdown_signal().shared();
-
-    let probes = Probes {
-        metrics: metrics.clone(),
-        readiness: readiness.clone(),
-        leading: leading.clone(),
-        alive: alive.clone(),
-    };
-    let listener = tokio::net::TcpListener::bind(args.probe_addr)
-        .await
-        .map_err(|e| format!("cannot serve probes on {}: {e}", args.probe_addr))?;
-    let probe_server = tokio::spawn(probes.serve(listener, shutdown.clone()));
-
-    let settings = Settings::new(
-        args.namespace.clone(),
-        args.levels.clone(),
-        Some(identity.clone()),
-    );
-    let lead = |stop| {
-        controller::run(
-            client.clone(),
-            settings.clone(),
-            metrics.clone(),
-            readiness.clone(),
-            stop,
-        )
-    };
-    let on_change = |is_leading: bool| {
-        leading.store(is_leading, Ordering::Relaxed);
-        metrics.set_leader(is_leading);
-    };
-    if args.leader_election() {
-        let namespace = args.lease_namespace.clone().unwrap_or(default_namespace);
-        info!(%identity, lease = leader::LEASE_NAME, %namespace, "waiting for the Lease");
-        let election = Election {
-            client: client.clone(),
-            namespace,
-            identity,
-        };
-        leader::run_while_leading(election, shutdown.clone(), on_change, lead).await;
-    } else {
-        on_change(true);
-        lead(shutdown.clone().boxed().shared()).await;
-        on_change(false);
-    }
-    alive.store(false, Ordering::Relaxed);
-    info!("shut down");
-    match probe_server.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("probe server on {}: {e}", args.probe_addr)),
-        Err(e) => Err(format!("probe server: {e}")),
-    }
+    let probes = operator::bind_probes(args.probe_addr).await?;
+    operator::run(client, default_namespace, args, probes, shutdown_signal()).await
 }
 
 /// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.

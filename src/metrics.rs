@@ -1,8 +1,9 @@
-//! Prometheus metrics, served as text on `/metrics`.
+//! Prometheus metrics, served on `/metrics` in the format the scraper asks for.
 
-use std::{sync::Mutex, time::Instant};
+use std::time::Instant;
 
 use prometheus_client::{
+    collector::Collector,
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
@@ -20,12 +21,36 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LevelLabel {
-    pub level: String,
+struct BuildLabels {
+    version: String,
 }
 
-/// Counts customers per level when asked: (level, customers).
-pub type LevelCounts = Box<dyn Fn() -> Vec<(String, i64)> + Send + Sync>;
+/// The two formats a scraper may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `application/openmetrics-text; version=1.0.0`
+    OpenMetrics,
+    /// `text/plain; version=0.0.4`, the classic Prometheus text format.
+    Text,
+}
+
+impl Format {
+    /// OpenMetrics when the `Accept` header names it (as Prometheus does, first), else the
+    /// classic text format every scraper understands.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(accept) if accept.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Text,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -33,14 +58,27 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     duration: Family<ControllerLabel, Histogram>,
     status_writes: Family<ControllerLabel, Counter>,
-    customers_per_level: Family<LevelLabel, Gauge>,
+    withheld: Family<ControllerLabel, Counter>,
     leader: Gauge,
-    levels_source: Mutex<Option<LevelCounts>>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+const CONTROLLERS: [&str; 2] = ["customer", "order"];
+
+impl Metrics {
+    /// The operator's metrics, plus what `collector` reports at each scrape.
+    pub fn new(error_labels: &[&str], collector: impl Collector) -> Self {
         let mut registry = Registry::with_prefix("reserve");
+        let build = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "The operator's version (always 1)",
+            build.clone(),
+        );
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
         let reconciles = Family::<ControllerLabel, Counter>::default();
         registry.register(
             "reconciles",
@@ -67,11 +105,11 @@ impl Default for Metrics {
             "Status writes sent to the API server, per controller",
             status_writes.clone(),
         );
-        let customers_per_level = Family::<LevelLabel, Gauge>::default();
+        let withheld = Family::<ControllerLabel, Counter>::default();
         registry.register(
-            "customers",
-            "Customers per level, from the operator's cache",
-            customers_per_level.clone(),
+            "status_writes_withheld",
+            "Status writes not sent because this replica did not hold a freshly renewed Lease",
+            withheld.clone(),
         );
         let leader = Gauge::default();
         registry.register(
@@ -79,18 +117,20 @@ impl Default for Metrics {
             "1 while this replica holds the Lease and reconciles",
             leader.clone(),
         );
-        // Present at zero from the start, so alerts on them work before the first failure.
-        for controller in ["customer", "order"] {
-            reconciles
-                .get_or_create(&ControllerLabel {
-                    controller: controller.into(),
-                })
-                .inc_by(0);
-            for error in ["conflict", "forbidden", "write_status"] {
+        registry.register_collector(Box::new(collector));
+        // Present at zero from the start, so alerts and rates on them work before the first event.
+        for controller in CONTROLLERS {
+            let label = ControllerLabel {
+                controller: controller.into(),
+            };
+            reconciles.get_or_create(&label).inc_by(0);
+            status_writes.get_or_create(&label).inc_by(0);
+            withheld.get_or_create(&label).inc_by(0);
+            for error in error_labels {
                 errors
                     .get_or_create(&ErrorLabels {
                         controller: controller.into(),
-                        error: error.into(),
+                        error: (*error).into(),
                     })
                     .inc_by(0);
             }
@@ -101,18 +141,11 @@ impl Default for Metrics {
             errors,
             duration,
             status_writes,
-            customers_per_level,
+            withheld,
             leader,
-            levels_source: Mutex::new(None),
         }
     }
-}
 
-fn reconcile_buckets() -> Histogram {
-    Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
-}
-
-impl Metrics {
     /// Counts a reconcile and times it until the guard is dropped.
     pub fn reconcile(&self, controller: &str) -> ReconcileTimer<'_> {
         let label = ControllerLabel {
@@ -143,38 +176,64 @@ impl Metrics {
             .inc();
     }
 
+    pub fn write_withheld(&self, controller: &str) {
+        self.withheld
+            .get_or_create(&ControllerLabel {
+                controller: controller.into(),
+            })
+            .inc();
+    }
+
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
     }
 
-    /// Where `customers{level=...}` is read from at each scrape (the current customer cache).
-    pub fn set_levels_source(&self, source: Option<LevelCounts>) {
-        *self.levels_source.lock().unwrap_or_else(|p| p.into_inner()) = source;
-    }
-
-    /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
-        self.customers_per_level.clear();
-        if let Some(source) = &*self.levels_source.lock().unwrap_or_else(|p| p.into_inner()) {
-            for (level, count) in source() {
-                self.customers_per_level
-                    .get_or_create(&LevelLabel { level })
-                    .set(count);
-            }
-        }
+    /// Every metric in `format`.
+    pub fn encode(&self, format: Format) -> String {
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
-        text
+        match format {
+            Format::OpenMetrics => text,
+            Format::Text => openmetrics_to_text(&text),
+        }
     }
+}
 
-    /// Total reconciles of one controller (for logs and tests).
-    pub fn reconciles_of(&self, controller: &str) -> u64 {
-        self.reconciles
-            .get_or_create(&ControllerLabel {
-                controller: controller.into(),
-            })
-            .get()
+fn reconcile_buckets() -> Histogram {
+    Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
+}
+
+/// The classic text format (0.0.4) of an OpenMetrics exposition.
+///
+/// prometheus-client encodes OpenMetrics only (prometheus/client_rust#51). The two differ, for
+/// what this operator exposes, in three ways: a counter's HELP and TYPE name its family while
+/// its samples carry `_total` (the text format names the samples), `# UNIT` lines, and the
+/// closing `# EOF`.
+pub fn openmetrics_to_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => text.push_str(&line),
+            None => text.push_str(line),
+        }
+        text.push('\n');
     }
+    text
 }
 
 pub struct ReconcileTimer<'a> {
@@ -195,26 +254,90 @@ impl Drop for ReconcileTimer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::{
+        encoding::{DescriptorEncoder, EncodeMetric},
+        metrics::{MetricType, gauge::ConstGauge},
+    };
 
-    #[test]
-    fn exposes_the_documented_families() {
-        let metrics = Metrics::default();
+    #[derive(Debug)]
+    struct Gold;
+
+    impl Collector for Gold {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            let mut family = encoder.encode_descriptor(
+                "customers",
+                "Customers per level",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(3).encode(family.encode_family(&[("level", "Gold")])?)
+        }
+    }
+
+    fn metrics() -> Metrics {
+        let metrics = Metrics::new(&["conflict"], Gold);
         drop(metrics.reconcile("customer"));
         metrics.reconcile_error("order", "conflict");
         metrics.status_write("order");
         metrics.set_leader(true);
-        metrics.set_levels_source(Some(Box::new(|| vec![("Gold".into(), 3)])));
-        let text = metrics.encode();
+        metrics
+    }
+
+    #[test]
+    fn exposes_the_documented_families() {
+        let text = metrics().encode(Format::OpenMetrics);
         for needle in [
             "reserve_reconciles_total{controller=\"customer\"} 1",
             "reserve_reconcile_errors_total{controller=\"order\",error=\"conflict\"} 1",
+            "reserve_reconcile_errors_total{controller=\"customer\",error=\"conflict\"} 0",
             "reserve_reconcile_duration_seconds_count{controller=\"customer\"} 1",
             "reserve_status_writes_total{controller=\"order\"} 1",
+            "reserve_status_writes_withheld_total{controller=\"order\"} 0",
             "reserve_customers{level=\"Gold\"} 3",
             "reserve_leader 1",
+            "reserve_build_info{version=\"",
+            "# EOF",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }
-        assert_eq!(metrics.reconciles_of("customer"), 1);
+    }
+
+    #[test]
+    fn the_text_format_names_counter_samples_in_help_and_type() {
+        let text = metrics().encode(Format::Text);
+        assert!(text.contains("# HELP reserve_reconciles_total Reconciles run, per controller.\n"));
+        assert!(text.contains("# TYPE reserve_reconciles_total counter\n"));
+        assert!(text.contains("# TYPE reserve_leader gauge\n"));
+        assert!(text.contains("# TYPE reserve_reconcile_duration_seconds histogram\n"));
+        assert!(!text.contains("# EOF"));
+        assert!(!text.contains("# UNIT"));
+        // Every sample belongs to a family that has HELP and TYPE.
+        let documented: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# HELP "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        for sample in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = sample.split(['{', ' ']).next().unwrap();
+            assert!(
+                documented.iter().any(|family| name == *family
+                    || ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|suffix| name == format!("{family}{suffix}"))),
+                "{name} has no HELP"
+            );
+        }
+    }
+
+    #[test]
+    fn the_format_follows_the_accept_header() {
+        assert_eq!(
+            Format::from_accept(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::from_accept(Some("text/plain")), Format::Text);
+        assert_eq!(Format::from_accept(None), Format::Text);
     }
 }

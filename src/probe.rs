@@ -7,9 +7,18 @@ use std::sync::{
 
 use tokio::net::TcpListener;
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 
-use crate::{controller::Readiness, metrics::Metrics};
+use crate::{
+    controller::Readiness,
+    metrics::{Format, Metrics},
+};
 
 #[derive(Clone)]
 pub struct Probes {
@@ -48,24 +57,28 @@ async fn healthz(State(probes): State<Probes>) -> impl IntoResponse {
     }
 }
 
-/// The leader is ready once both caches are listed and watching and no write was refused for
-/// lack of permission; a standby is ready to take over.
+/// Ready once both caches are listed and watching, no write was refused for lack of
+/// permission and status writes are not failing; a standby (whose caches are as warm) says so.
 async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
-    if !probes.leading.load(Ordering::Relaxed) {
-        return (StatusCode::OK, "ok (standby)\n".to_owned());
-    }
+    let role = if probes.leading.load(Ordering::Relaxed) {
+        ""
+    } else {
+        " (standby)"
+    };
     match probes.readiness.problem() {
-        None => (StatusCode::OK, "ok\n".to_owned()),
-        Some(problem) => (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")),
+        None => (StatusCode::OK, format!("ok{role}\n")),
+        Some(problem) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{problem}{role}\n"),
+        ),
     }
 }
 
-async fn metrics(State(probes): State<Probes>) -> impl IntoResponse {
+async fn metrics(State(probes): State<Probes>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::from_accept(accept);
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        probes.metrics.encode(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        probes.metrics.encode(format),
     )
 }

@@ -1,68 +1,89 @@
-//! The `Ready` condition in the metav1.Condition shape, so `kubectl wait --for=condition=Ready`
-//! and GitOps health checks understand it.
+//! Conditions in the metav1.Condition shape, so `kubectl wait --for=condition=...`, kstatus and
+//! GitOps health checks understand them.
 
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
 
-use crate::crd::READY;
+/// What a condition says, before it gets its transition time.
+pub struct Observation<'a> {
+    pub type_: &'a str,
+    pub is_true: bool,
+    pub reason: &'a str,
+    pub message: String,
+}
 
-/// A Ready condition that keeps the previous lastTransitionTime while its status stays the
-/// same, so an unchanged status compares equal to the stored one and is not written again.
-pub fn ready(
+/// The condition for `observation`. It keeps the previous lastTransitionTime while its status
+/// stays the same, so an unchanged status compares equal to the stored one and is not written
+/// again; a new status gets `now`.
+pub fn condition(
     previous: &[Condition],
-    is_ready: bool,
-    reason: &str,
-    message: String,
+    observation: Observation<'_>,
     generation: Option<i64>,
+    now: Timestamp,
 ) -> Condition {
-    let status = if is_ready { "True" } else { "False" };
+    let status = if observation.is_true { "True" } else { "False" };
     let last_transition_time = previous
         .iter()
-        .find(|c| c.type_ == READY && c.status == status)
+        .find(|c| c.type_ == observation.type_ && c.status == status)
         .map(|c| c.last_transition_time.clone())
         // Stored times have whole seconds; a fresh one must too, or it would never compare equal.
         .unwrap_or_else(|| {
-            Time(
-                Timestamp::from_second(Timestamp::now().as_second())
-                    .unwrap_or(Timestamp::UNIX_EPOCH),
-            )
+            Time(Timestamp::from_second(now.as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
         });
     Condition {
-        type_: READY.into(),
+        type_: observation.type_.into(),
         status: status.into(),
-        reason: reason.into(),
-        message,
+        reason: observation.reason.into(),
+        message: observation.message,
         observed_generation: generation,
         last_transition_time,
     }
 }
 
-/// The reason of the Ready condition in `conditions`, if any.
-pub fn ready_reason(conditions: &[Condition]) -> Option<&str> {
-    conditions
-        .iter()
-        .find(|c| c.type_ == READY)
-        .map(|c| c.reason.as_str())
+/// The condition of `type_` in `conditions`, if any.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn ready(previous: &[Condition], is_true: bool, message: &str, now: i64) -> Condition {
+        condition(
+            previous,
+            Observation {
+                type_: "Ready",
+                is_true,
+                reason: "Reconciled",
+                message: message.into(),
+            },
+            Some(1),
+            Timestamp::from_millisecond(now).unwrap(),
+        )
+    }
+
     #[test]
     fn transition_time_is_kept_while_the_status_stays() {
-        let first = ready(&[], true, "Reconciled", "score 1".into(), Some(1));
+        let first = ready(&[], true, "score 1", 1_700_000_000_500);
+        assert_eq!(first.last_transition_time.0.as_second(), 1_700_000_000);
+        assert_eq!(first.last_transition_time.0.subsec_nanosecond(), 0);
         let again = ready(
             std::slice::from_ref(&first),
             true,
-            "Reconciled",
-            "score 2".into(),
-            Some(1),
+            "score 2",
+            1_700_000_100_000,
         );
         assert_eq!(first.last_transition_time, again.last_transition_time);
-        assert_eq!(ready_reason(&[again]), Some("Reconciled"));
-        assert_eq!(first.last_transition_time.0.subsec_nanosecond(), 0);
+        let flipped = ready(
+            std::slice::from_ref(&again),
+            false,
+            "gone",
+            1_700_000_200_000,
+        );
+        assert_eq!(flipped.last_transition_time.0.as_second(), 1_700_000_200);
+        assert_eq!(find(&[flipped], "Ready").unwrap().status, "False");
     }
 }

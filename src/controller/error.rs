@@ -14,21 +14,53 @@ pub enum Error {
     },
     #[error("{kind} {name} has no namespace")]
     NoNamespace { kind: String, name: String },
+    /// The write was withheld: this replica may not write now.
+    #[error("status write withheld: {0}")]
+    NotLeading(&'static str),
 }
 
+/// Every value of the `error` label, so the series exist at zero before the first failure.
+pub const METRIC_LABELS: [&str; 6] = [
+    "conflict",
+    "forbidden",
+    "invalid",
+    "write_status",
+    "no_namespace",
+    "not_leading",
+];
+
 impl Error {
-    pub fn metric_label(&self) -> &'static str {
+    fn api_code(&self) -> Option<u16> {
         match self {
             Error::WriteStatus {
                 source: kube::Error::Api(status),
                 ..
-            } if status.code == 409 => "conflict",
+            } => Some(status.code),
+            _ => None,
+        }
+    }
+
+    pub fn metric_label(&self) -> &'static str {
+        match (self, self.api_code()) {
+            (_, Some(409)) => "conflict",
+            (_, Some(403)) => "forbidden",
+            (_, Some(422)) => "invalid",
+            (Error::WriteStatus { .. }, _) => "write_status",
+            (Error::NoNamespace { .. }, _) => "no_namespace",
+            (Error::NotLeading(_), _) => "not_leading",
+        }
+    }
+
+    /// A failure on the server's side or on the way to it (5xx, 429, timeouts, broken
+    /// connections), as opposed to a refusal or a conflict the operator resolves itself.
+    pub fn is_server_failure(&self) -> bool {
+        match self {
             Error::WriteStatus {
                 source: kube::Error::Api(status),
                 ..
-            } if status.code == 403 => "forbidden",
-            Error::WriteStatus { .. } => "write_status",
-            Error::NoNamespace { .. } => "no_namespace",
+            } => status.code >= 500 || status.code == 429,
+            Error::WriteStatus { .. } => true,
+            Error::NoNamespace { .. } | Error::NotLeading(_) => false,
         }
     }
 }

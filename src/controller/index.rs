@@ -5,29 +5,34 @@
 //! Order wakes only its Customer, and a Customer appearing or disappearing wakes only its
 //! Orders. Looking up one customer's orders costs O(its orders).
 
-use std::collections::{HashMap, HashSet, hash_map::Entry};
+use std::{
+    collections::{HashMap, HashSet, hash_map::Entry},
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::Arc,
+};
 
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
 
 use crate::{
     crd::{Customer, Order, OrderState},
-    loyalty::Tally,
+    loyalty::{MISSING_CUSTOMER_LEVEL, Tally},
 };
 
-/// What of an Order counts towards its customer's status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What of an Order counts towards its customer's status, and the snapshot it took.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrderFacts {
+    /// A hash of the uid: an order deleted and created again under its name is a new order.
+    uid: u64,
     pub quantity: i64,
-    /// The accepted phase (`status.phase`); None until the operator has accepted the order.
-    pub phase: Option<OrderState>,
+    /// What the user declared (`spec.state`); the API server enforces its transitions.
+    pub state: OrderState,
+    /// The customer level first seen in the order's status, kept whatever later statuses show.
+    snapshot: Option<Arc<str>>,
 }
 
 impl OrderFacts {
-    pub fn of(order: &Order) -> Self {
-        Self {
-            quantity: i64::from(order.spec.quantity),
-            phase: order.status.as_ref().and_then(|s| s.phase),
-        }
+    fn counts_the_same(&self, other: &OrderFacts) -> bool {
+        (self.quantity, self.state) == (other.quantity, other.state)
     }
 }
 
@@ -69,26 +74,99 @@ impl CustomerKey {
     }
 }
 
-/// Orders by customer, then by order name.
-pub type OrdersByCustomer = HashMap<CustomerKey, HashMap<String, OrderFacts>>;
+/// One Order as a (re-)list hands it to the index.
+pub struct ListedOrder {
+    customer: CustomerKey,
+    name: String,
+    facts: OrderFacts,
+}
 
-/// Customers by key, with their uid (a new uid under the same name is a new customer).
-pub type CustomerUids = HashMap<CustomerKey, String>;
+/// One Customer as a (re-)list hands it to the index.
+pub struct ListedCustomer {
+    key: CustomerKey,
+    uid: u64,
+}
 
 #[derive(Debug, Default)]
 pub struct Index {
-    customers: CustomerUids,
-    orders: OrdersByCustomer,
+    /// Customers by key, with a hash of their uid (a new uid under a name is a new customer).
+    customers: HashMap<CustomerKey, u64>,
+    /// Orders by customer, then by order name.
+    orders: HashMap<CustomerKey, HashMap<String, OrderFacts>>,
+    /// Level names seen in snapshots, shared by every order that has them.
+    levels: HashSet<Arc<str>>,
+}
+
+fn uid_hash(uid: Option<String>) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    uid.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Index {
+    /// What the index keeps of an Order.
+    pub fn listed_order(&mut self, order: &Order) -> ListedOrder {
+        let snapshot = order
+            .status
+            .as_ref()
+            .and_then(|s| s.customer_level.as_deref())
+            .filter(|level| *level != MISSING_CUSTOMER_LEVEL)
+            .map(|level| self.level(level));
+        ListedOrder {
+            customer: CustomerKey::of_order(order),
+            name: order.name_any(),
+            facts: OrderFacts {
+                uid: uid_hash(order.uid()),
+                quantity: i64::from(order.spec.quantity),
+                state: order.spec.state,
+                snapshot,
+            },
+        }
+    }
+
+    /// What the index keeps of a Customer.
+    pub fn listed_customer(customer: &Customer) -> ListedCustomer {
+        ListedCustomer {
+            key: CustomerKey::of_customer(customer),
+            uid: uid_hash(customer.uid()),
+        }
+    }
+
+    fn level(&mut self, name: &str) -> Arc<str> {
+        if let Some(level) = self.levels.get(name) {
+            return level.clone();
+        }
+        let level: Arc<str> = Arc::from(name);
+        self.levels.insert(level.clone());
+        level
+    }
+
     /// Records an added or changed Order. Returns its Customer when what counts changed.
     pub fn apply_order(&mut self, order: &Order) -> Option<ObjectRef<Customer>> {
-        let key = CustomerKey::of_order(order);
-        let facts = OrderFacts::of(order);
-        let orders = self.orders.entry(key.clone()).or_default();
-        let changed = orders.insert(order.name_any(), facts) != Some(facts);
-        changed.then(|| key.customer_ref())
+        let listed = self.listed_order(order);
+        let orders = self.orders.entry(listed.customer.clone()).or_default();
+        let changed = match orders.entry(listed.name) {
+            Entry::Occupied(mut entry) => {
+                let known = entry.get_mut();
+                let changed = !known.counts_the_same(&listed.facts);
+                if known.uid == listed.facts.uid {
+                    // The first snapshot seen stays: a later, different one is not the operator's.
+                    let snapshot = known.snapshot.take().or(listed.facts.snapshot);
+                    *known = OrderFacts {
+                        snapshot,
+                        ..listed.facts
+                    };
+                } else {
+                    *known = listed.facts;
+                }
+                changed
+            }
+            Entry::Vacant(entry) => {
+                entry.insert(listed.facts);
+                true
+            }
+        };
+        changed.then(|| listed.customer.customer_ref())
     }
 
     /// Forgets a deleted Order. Returns its Customer when the order was counted.
@@ -104,21 +182,47 @@ impl Index {
         removed.then(|| key.customer_ref())
     }
 
-    /// Replaces every Order after a (re-)list. Returns the Customers whose orders differ from
-    /// before, so deletions missed while the watch was down are not missed by the reconcilers.
-    pub fn reset_orders(&mut self, orders: OrdersByCustomer) -> Vec<ObjectRef<Customer>> {
+    /// Replaces every Order after a (re-)list. Returns the Customers whose orders count
+    /// differently from before, so changes missed while the watch was down are not missed.
+    pub fn reset_orders(&mut self, listed: Vec<ListedOrder>) -> Vec<ObjectRef<Customer>> {
+        let mut orders: HashMap<CustomerKey, HashMap<String, OrderFacts>> = HashMap::new();
+        for order in listed {
+            orders
+                .entry(order.customer)
+                .or_default()
+                .insert(order.name, order.facts);
+        }
+        // Snapshots the index already knew for the same orders stay.
+        for (key, by_name) in &mut orders {
+            for (name, facts) in by_name.iter_mut() {
+                if let Some(known) = self.orders.get(key).and_then(|o| o.get(name))
+                    && known.uid == facts.uid
+                    && known.snapshot.is_some()
+                {
+                    facts.snapshot.clone_from(&known.snapshot);
+                }
+            }
+        }
         let old = std::mem::replace(&mut self.orders, orders);
+        fn counted(orders: Option<&HashMap<String, OrderFacts>>) -> Vec<(&str, i64, OrderState)> {
+            let mut facts: Vec<(&str, i64, OrderState)> = orders
+                .into_iter()
+                .flatten()
+                .map(|(name, f)| (name.as_str(), f.quantity, f.state))
+                .collect();
+            facts.sort_unstable();
+            facts
+        }
         let keys: HashSet<&CustomerKey> = old.keys().chain(self.orders.keys()).collect();
         keys.into_iter()
-            .filter(|key| old.get(*key) != self.orders.get(*key))
+            .filter(|key| counted(old.get(*key)) != counted(self.orders.get(*key)))
             .map(CustomerKey::customer_ref)
             .collect()
     }
 
     /// Records an added or changed Customer. Returns its Orders when the customer is new.
     pub fn apply_customer(&mut self, customer: &Customer) -> Vec<ObjectRef<Order>> {
-        let key = CustomerKey::of_customer(customer);
-        let uid = customer.uid().unwrap_or_default();
+        let ListedCustomer { key, uid } = Self::listed_customer(customer);
         if self.customers.get(&key) == Some(&uid) {
             return Vec::new();
         }
@@ -138,7 +242,9 @@ impl Index {
 
     /// Replaces every Customer after a (re-)list. Returns the Orders whose customer appeared,
     /// disappeared or was replaced.
-    pub fn reset_customers(&mut self, customers: CustomerUids) -> Vec<ObjectRef<Order>> {
+    pub fn reset_customers(&mut self, listed: Vec<ListedCustomer>) -> Vec<ObjectRef<Order>> {
+        let customers: HashMap<CustomerKey, u64> =
+            listed.into_iter().map(|c| (c.key, c.uid)).collect();
         let old = std::mem::replace(&mut self.customers, customers);
         let keys: HashSet<&CustomerKey> = old.keys().chain(self.customers.keys()).collect();
         keys.into_iter()
@@ -152,11 +258,11 @@ impl Index {
     }
 
     /// The orders of one customer, by name.
-    pub fn orders_of(&self, key: &CustomerKey) -> impl Iterator<Item = (&str, OrderFacts)> {
+    pub fn orders_of(&self, key: &CustomerKey) -> impl Iterator<Item = (&str, &OrderFacts)> {
         self.orders
             .get(key)
             .into_iter()
-            .flat_map(|orders| orders.iter().map(|(name, facts)| (name.as_str(), *facts)))
+            .flat_map(|orders| orders.iter().map(|(name, facts)| (name.as_str(), facts)))
     }
 
     /// The tally of one customer's orders, leaving out the order named `without` if any.
@@ -164,8 +270,19 @@ impl Index {
         Tally::of(
             self.orders_of(key)
                 .filter(|(name, _)| Some(*name) != without)
-                .map(|(_, facts)| (facts.phase, facts.quantity)),
+                .map(|(_, facts)| (facts.state, facts.quantity)),
         )
+    }
+
+    /// The customer level this order's status showed first, if the index has seen one.
+    pub fn snapshot_of(&self, order: &Order) -> Option<&str> {
+        let facts = self
+            .orders
+            .get(&CustomerKey::of_order(order))?
+            .get(&order.name_any())?;
+        (facts.uid == uid_hash(order.uid()))
+            .then_some(facts.snapshot.as_deref())
+            .flatten()
     }
 
     pub fn customer_count(&self) -> usize {
@@ -188,25 +305,24 @@ mod tests {
     use super::*;
     use crate::crd::{CustomerSpec, OrderSpec, OrderStatus};
 
-    fn order(
-        ns: &str,
-        name: &str,
-        customer: &str,
-        quantity: i32,
-        phase: Option<OrderState>,
-    ) -> Order {
+    fn order(ns: &str, name: &str, customer: &str, quantity: i32, state: OrderState) -> Order {
         let mut order = Order::new(
             name,
             OrderSpec {
                 customer: customer.into(),
                 product: "Latte".into(),
                 quantity,
-                state: OrderState::Requested,
+                state,
             },
         );
         order.metadata.namespace = Some(ns.into());
-        order.status = phase.map(|phase| OrderStatus {
-            phase: Some(phase),
+        order.metadata.uid = Some(format!("uid-{name}"));
+        order
+    }
+
+    fn with_snapshot(mut order: Order, level: &str) -> Order {
+        order.status = Some(OrderStatus {
+            customer_level: Some(level.into()),
             ..Default::default()
         });
         order
@@ -223,20 +339,22 @@ mod tests {
         CustomerKey::new(ns, name)
     }
 
+    use OrderState::*;
+
     #[test]
     fn an_order_wakes_its_customer_only_when_what_counts_changes() {
         let mut index = Index::default();
-        let a = order("ns", "a", "alice", 2, None);
+        let a = order("ns", "a", "alice", 2, Requested);
         assert_eq!(
             index.apply_order(&a),
             Some(ObjectRef::new("alice").within("ns"))
         );
         assert_eq!(
-            index.apply_order(&a),
+            index.apply_order(&with_snapshot(a.clone(), "Bronze")),
             None,
-            "a status write that changes nothing that counts"
+            "a status write changes nothing that counts"
         );
-        let a = order("ns", "a", "alice", 2, Some(OrderState::Completed));
+        let a = order("ns", "a", "alice", 2, Completed);
         assert!(index.apply_order(&a).is_some());
         assert_eq!(
             index.tally_of(&key("ns", "alice"), None),
@@ -254,10 +372,44 @@ mod tests {
     }
 
     #[test]
+    fn the_score_counts_what_users_declared_not_what_a_status_says() {
+        let mut index = Index::default();
+        let mut forged = order("ns", "a", "alice", 5, Requested);
+        forged.status = Some(OrderStatus {
+            phase: Some(Completed),
+            ..Default::default()
+        });
+        index.apply_order(&forged);
+        assert_eq!(index.tally_of(&key("ns", "alice"), None).score, 0);
+    }
+
+    #[test]
+    fn the_first_snapshot_seen_stays_whatever_later_statuses_show() {
+        let mut index = Index::default();
+        let a = order("ns", "a", "alice", 1, Completed);
+        index.apply_order(&a);
+        assert_eq!(index.snapshot_of(&a), None);
+        index.apply_order(&with_snapshot(a.clone(), "Iron"));
+        assert_eq!(index.snapshot_of(&a), None, "Iron is no snapshot");
+        index.apply_order(&with_snapshot(a.clone(), "Silver"));
+        index.apply_order(&with_snapshot(a.clone(), "Diamond"));
+        assert_eq!(index.snapshot_of(&a), Some("Silver"));
+        // A re-list keeps it too.
+        let listed = vec![index.listed_order(&with_snapshot(a.clone(), "Gold"))];
+        index.reset_orders(listed);
+        assert_eq!(index.snapshot_of(&a), Some("Silver"));
+        // The same name, created again: a new order with no snapshot yet.
+        let mut again = order("ns", "a", "alice", 1, Completed);
+        again.metadata.uid = Some("other".into());
+        index.apply_order(&again);
+        assert_eq!(index.snapshot_of(&again), None);
+    }
+
+    #[test]
     fn customers_are_separate_per_namespace() {
         let mut index = Index::default();
-        index.apply_order(&order("one", "a", "alice", 3, Some(OrderState::Completed)));
-        index.apply_order(&order("two", "a", "alice", 5, Some(OrderState::Completed)));
+        index.apply_order(&order("one", "a", "alice", 3, Completed));
+        index.apply_order(&order("two", "a", "alice", 5, Completed));
         assert_eq!(index.tally_of(&key("one", "alice"), None).score, 3);
         assert_eq!(index.tally_of(&key("two", "alice"), None).score, 5);
     }
@@ -265,8 +417,8 @@ mod tests {
     #[test]
     fn tally_can_leave_one_order_out() {
         let mut index = Index::default();
-        index.apply_order(&order("ns", "a", "alice", 3, Some(OrderState::Completed)));
-        index.apply_order(&order("ns", "b", "alice", 4, Some(OrderState::Completed)));
+        index.apply_order(&order("ns", "a", "alice", 3, Completed));
+        index.apply_order(&order("ns", "b", "alice", 4, Completed));
         assert_eq!(index.tally_of(&key("ns", "alice"), Some("b")).score, 3);
         assert_eq!(index.tally_of(&key("ns", "alice"), Some("nope")).score, 7);
     }
@@ -274,9 +426,9 @@ mod tests {
     #[test]
     fn a_customer_appearing_or_leaving_wakes_its_orders() {
         let mut index = Index::default();
-        index.apply_order(&order("ns", "a", "alice", 1, None));
-        index.apply_order(&order("ns", "b", "alice", 1, None));
-        index.apply_order(&order("ns", "c", "bob", 1, None));
+        index.apply_order(&order("ns", "a", "alice", 1, Requested));
+        index.apply_order(&order("ns", "b", "alice", 1, Requested));
+        index.apply_order(&order("ns", "c", "bob", 1, Requested));
         let alice = customer("ns", "alice", "u1");
         let mut woken = index.apply_customer(&alice);
         woken.sort_by_key(|r| r.name.clone());
@@ -305,21 +457,18 @@ mod tests {
     #[test]
     fn reset_wakes_what_changed_while_the_watch_was_away() {
         let mut index = Index::default();
-        index.apply_order(&order("ns", "a", "alice", 1, None));
-        index.apply_order(&order("ns", "b", "bob", 1, None));
-        index.apply_order(&order("ns", "c", "carol", 1, None));
+        index.apply_order(&order("ns", "a", "alice", 1, Requested));
+        index.apply_order(&order("ns", "b", "bob", 1, Requested));
+        index.apply_order(&order("ns", "c", "carol", 1, Requested));
         // After a re-list: a unchanged, b deleted, c completed, d new for dana.
-        let mut relisted = OrdersByCustomer::new();
-        for o in [
-            order("ns", "a", "alice", 1, None),
-            order("ns", "c", "carol", 1, Some(OrderState::Completed)),
-            order("ns", "d", "dana", 1, None),
-        ] {
-            relisted
-                .entry(CustomerKey::of_order(&o))
-                .or_default()
-                .insert(o.name_any(), OrderFacts::of(&o));
-        }
+        let relisted = [
+            order("ns", "a", "alice", 1, Requested),
+            order("ns", "c", "carol", 1, Completed),
+            order("ns", "d", "dana", 1, Requested),
+        ]
+        .iter()
+        .map(|o| index.listed_order(o))
+        .collect();
         let mut woken: Vec<_> = index
             .reset_orders(relisted)
             .into_iter()
@@ -331,10 +480,10 @@ mod tests {
 
         index.apply_customer(&customer("ns", "alice", "u1"));
         index.apply_customer(&customer("ns", "carol", "u3"));
-        let relisted = CustomerUids::from([
-            (key("ns", "alice"), "u1".into()),
-            (key("ns", "dana"), "u4".into()),
-        ]);
+        let relisted = [customer("ns", "alice", "u1"), customer("ns", "dana", "u4")]
+            .iter()
+            .map(Index::listed_customer)
+            .collect();
         let mut woken: Vec<_> = index
             .reset_customers(relisted)
             .into_iter()

@@ -1,142 +1,299 @@
-//! Order reconciler: accepts spec.state into status.phase and takes the customer-level snapshot.
+//! Order reconciler: mirrors spec.state into status.phase, takes the customer-level snapshot
+//! once, and says whether the customer exists.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
+use k8s_openapi::jiff::Timestamp;
 use kube::{
     Resource, ResourceExt,
-    runtime::{
-        controller::Action,
-        events::{Event, EventType},
-    },
+    runtime::{controller::Action, events::EventType},
 };
 use tracing::{debug, instrument, warn};
 
-use super::{RESYNC, conditions, context::Context, error::Error, index::CustomerKey};
+use super::{
+    RESYNC,
+    conditions::{self, Observation},
+    context::Context,
+    error::Error,
+    index::{CustomerKey, Index},
+};
 use crate::{
-    crd::{Order, OrderStatus},
-    loyalty::MISSING_CUSTOMER_LEVEL,
+    crd::{CUSTOMER_FOUND, Order, OrderStatus, READY},
+    loyalty::{LevelPolicy, MISSING_CUSTOMER_LEVEL},
+    runtime_ext::Note,
 };
 
 pub const CONTROLLER: &str = "order";
 
 pub const CUSTOMER_NOT_FOUND: &str = "CustomerNotFound";
 
-/// The status `order` should have, given its current status and the customers that exist.
-pub fn desired_status(order: &Order, current: Option<&OrderStatus>, ctx: &Context) -> OrderStatus {
+/// The status `order` should have, given the customers and orders in `index`.
+///
+/// The snapshot (`customerLevel`) is the first one the index saw for this order, else the one
+/// `current` shows (this operator's own write not yet seen by the watch), else, if the customer
+/// exists, the level it has without this order (so the result does not depend on whether the
+/// order or its customer is reconciled first); Iron until then.
+pub fn desired_status(
+    order: &Order,
+    current: Option<&OrderStatus>,
+    index: &Index,
+    policy: &LevelPolicy,
+    now: Timestamp,
+) -> OrderStatus {
     let key = CustomerKey::of_order(order);
     let generation = order.metadata.generation;
-    let wanted = order.spec.state;
-    let accepted = current.and_then(|s| s.phase);
-    // The API server refuses forbidden changes of spec.state; this guards against a CRD
-    // installed without its rules, so a phase never moves backwards.
-    let (phase, transition_refused) = match accepted {
-        Some(phase) if !phase.can_become(wanted) => (phase, true),
-        _ => (wanted, false),
-    };
-
-    let index = ctx.index();
+    let state = order.spec.state;
     let customer_exists = index.has_customer(&key);
-    let snapshot = current
-        .and_then(|s| s.customer_level.as_deref())
-        .filter(|level| *level != MISSING_CUSTOMER_LEVEL);
+    let snapshot = index.snapshot_of(order).or_else(|| {
+        current
+            .and_then(|s| s.customer_level.as_deref())
+            .filter(|level| *level != MISSING_CUSTOMER_LEVEL)
+    });
     let customer_level = match snapshot {
-        Some(level) => level.to_owned(),
-        // Without this order, so the snapshot does not depend on whether the order or the
-        // customer status was reconciled first.
-        None if customer_exists => ctx
-            .policy
-            .level_for(index.tally_of(&key, Some(&order.name_any())).score)
-            .to_owned(),
-        None => MISSING_CUSTOMER_LEVEL.to_owned(),
+        Some(level) => level,
+        None if customer_exists => {
+            policy.level_for(index.tally_of(&key, Some(&order.name_any())).score)
+        }
+        None => MISSING_CUSTOMER_LEVEL,
     };
-    drop(index);
 
     let previous = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let ready = if !customer_exists {
-        conditions::ready(
-            previous,
-            false,
-            CUSTOMER_NOT_FOUND,
+    let ready = Observation {
+        type_: READY,
+        is_true: true,
+        reason: "Accepted",
+        message: if customer_exists {
+            format!("{state} order of customer {:?}", key.name)
+        } else {
             format!(
+                "{state} order of {:?}, who is not a customer: level {customer_level}, not counted",
+                key.name
+            )
+        },
+    };
+    let found = if customer_exists {
+        Observation {
+            type_: CUSTOMER_FOUND,
+            is_true: true,
+            reason: "CustomerFound",
+            message: format!("customer {:?} exists", key.name),
+        }
+    } else {
+        Observation {
+            type_: CUSTOMER_FOUND,
+            is_true: false,
+            reason: CUSTOMER_NOT_FOUND,
+            message: format!(
                 "customer {:?} does not exist in namespace {:?}",
                 key.name, key.namespace
             ),
-            generation,
-        )
-    } else if transition_refused {
-        conditions::ready(
-            previous,
-            false,
-            "TransitionRefused",
-            format!("spec.state cannot change from {phase} to {wanted}; the phase stays {phase}"),
-            generation,
-        )
-    } else {
-        conditions::ready(
-            previous,
-            true,
-            "Accepted",
-            format!("{phase} order of customer {:?}", key.name),
-            generation,
-        )
+        }
     };
-
     OrderStatus {
-        phase: Some(phase),
-        customer_level: Some(customer_level),
+        phase: Some(state),
+        customer_level: Some(customer_level.to_owned()),
         observed_generation: generation,
-        conditions: vec![ready],
+        conditions: [ready, found]
+            .map(|observation| conditions::condition(previous, observation, generation, now))
+            .into(),
     }
+}
+
+/// Whether a status says the order's customer is missing.
+fn customer_missing(status: Option<&OrderStatus>) -> bool {
+    status
+        .and_then(|s| conditions::find(&s.conditions, CUSTOMER_FOUND))
+        .is_some_and(|c| c.status == "False")
 }
 
 #[instrument(skip_all, fields(controller = CONTROLLER, namespace = order.metadata.namespace.as_deref().unwrap_or_default(), name = %order.name_any()))]
 pub async fn reconcile(order: Arc<Order>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
-    let result = apply(order.as_ref(), &ctx).await;
-    if result.is_ok() {
-        ctx.order_failures.succeeded(&order);
-    }
-    result
-}
-
-async fn apply(order: &Order, ctx: &Context) -> Result<Action, Error> {
-    let current = ctx.order_writes.current(order, order.status.as_ref());
-    let desired = desired_status(order, current.as_ref(), ctx);
-    if current.as_ref() == Some(&desired) {
-        debug!("status up to date");
-        return Ok(Action::requeue(RESYNC));
-    }
-
-    // Conditional on the resourceVersion: if the cache is behind (someone else changed the
-    // order), the write is refused and retried with fresh data instead of overwriting a
-    // snapshot taken meanwhile.
-    ctx.apply_status(CONTROLLER, order, &desired, &ctx.order_writes, true)
-        .await?;
-
-    let was_missing = current
-        .as_ref()
-        .and_then(|s| conditions::ready_reason(&s.conditions))
-        == Some(CUSTOMER_NOT_FOUND);
-    let is_missing = conditions::ready_reason(&desired.conditions) == Some(CUSTOMER_NOT_FOUND);
-    if is_missing && !was_missing {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: CUSTOMER_NOT_FOUND.into(),
-            note: Some(format!(
-                "customer {:?} does not exist; the order counts once it does",
-                order.spec.customer
-            )),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(error) = ctx.publish(&event, &order.object_ref(&())).await {
-            warn!(%error, "could not record the CustomerNotFound event");
+    let kind = &ctx.orders;
+    let current = kind.writer.current(&order, order.status.as_ref());
+    let desired = desired_status(
+        &order,
+        current.status.as_ref(),
+        &ctx.index(),
+        &ctx.policy,
+        Timestamp::now(),
+    );
+    if current.status.as_ref() != Some(&desired) {
+        kind.writer
+            .write(
+                &order,
+                &current.resource_version,
+                &desired,
+                &ctx.fence,
+                &ctx.metrics,
+                &ctx.readiness,
+            )
+            .await?;
+        if customer_missing(Some(&desired)) && !customer_missing(current.status.as_ref()) {
+            let note = Note {
+                type_: EventType::Warning,
+                reason: CUSTOMER_NOT_FOUND,
+                action: "Attribute".into(),
+                note: format!(
+                    "customer {:?} does not exist; the order counts once it does",
+                    order.spec.customer
+                ),
+            };
+            if let Err(error) = ctx.events.publish(note, order.object_ref(&())).await {
+                warn!(%error, "could not record the CustomerNotFound event");
+            }
         }
+    } else {
+        debug!("status up to date");
     }
+    kind.backoff.succeeded(&order);
     Ok(Action::requeue(RESYNC))
 }
 
 pub fn error_policy(order: Arc<Order>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.report_failure(CONTROLLER, &order.name_any(), error);
-    Action::requeue(ctx.order_failures.failed(&order))
+    match error {
+        Error::NotLeading(_) => Action::requeue(Duration::from_millis(500)),
+        _ => Action::requeue(ctx.orders.backoff.failed(&order)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{Customer, CustomerSpec, OrderSpec, OrderState};
+    use OrderState::*;
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(second).unwrap()
+    }
+
+    fn order(name: &str, quantity: i32, state: OrderState) -> Order {
+        let mut order = Order::new(
+            name,
+            OrderSpec {
+                customer: "carol".into(),
+                product: "Tea".into(),
+                quantity,
+                state,
+            },
+        );
+        order.metadata.namespace = Some("ns".into());
+        order.metadata.uid = Some(format!("uid-{name}"));
+        order.metadata.generation = Some(2);
+        order
+    }
+
+    fn carol() -> Customer {
+        let mut customer = Customer::new("carol", CustomerSpec::default());
+        customer.metadata.namespace = Some("ns".into());
+        customer.metadata.uid = Some("carol-1".into());
+        customer
+    }
+
+    fn reason<'a>(status: &'a OrderStatus, type_: &str) -> (&'a str, &'a str) {
+        let c = conditions::find(&status.conditions, type_).unwrap();
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    fn with_status(mut order: Order, status: &OrderStatus) -> Order {
+        order.status = Some(status.clone());
+        order
+    }
+
+    #[test]
+    fn an_order_of_a_missing_customer_is_accepted_as_iron() {
+        let big = order("big", 10, Completed);
+        let mut index = Index::default();
+        index.apply_order(&big);
+        let status = desired_status(&big, None, &index, &LevelPolicy::default(), at(1));
+        assert_eq!(status.phase, Some(Completed));
+        assert_eq!(status.customer_level.as_deref(), Some("Iron"));
+        assert_eq!(reason(&status, READY), ("True", "Accepted"));
+        assert_eq!(
+            reason(&status, CUSTOMER_FOUND),
+            ("False", CUSTOMER_NOT_FOUND)
+        );
+        assert_eq!(status.observed_generation, Some(2));
+        assert!(customer_missing(Some(&status)));
+    }
+
+    #[test]
+    fn the_snapshot_is_the_level_without_the_order_itself() {
+        let (big, small) = (order("big", 10, Completed), order("small", 2, Requested));
+        let mut index = Index::default();
+        index.apply_order(&big);
+        index.apply_order(&small);
+        index.apply_customer(&carol());
+        let policy = LevelPolicy::default();
+        let big_status = desired_status(&big, None, &index, &policy, at(1));
+        let small_status = desired_status(&small, None, &index, &policy, at(1));
+        assert_eq!(big_status.customer_level.as_deref(), Some("Bronze"));
+        assert_eq!(small_status.customer_level.as_deref(), Some("Gold"));
+        assert_eq!(
+            reason(&big_status, CUSTOMER_FOUND),
+            ("True", "CustomerFound")
+        );
+    }
+
+    #[test]
+    fn a_snapshot_once_taken_never_changes() {
+        let small = order("small", 2, Requested);
+        let mut index = Index::default();
+        index.apply_order(&order("big", 10, Completed));
+        index.apply_order(&small);
+        index.apply_customer(&carol());
+        let policy = LevelPolicy::default();
+        let taken = desired_status(&small, None, &index, &policy, at(1));
+        // The operator's own write, not yet seen by the watch: the written snapshot counts.
+        index.apply_order(&order("more", 20, Completed));
+        let again = desired_status(&small, Some(&taken), &index, &policy, at(2));
+        assert_eq!(again.customer_level.as_deref(), Some("Gold"));
+        // Seen by the watch: the index keeps it, even against a forged status.
+        index.apply_order(&with_status(small.clone(), &taken));
+        let mut forged = taken.clone();
+        forged.customer_level = Some("Diamond".into());
+        index.apply_order(&with_status(small.clone(), &forged));
+        let repaired = desired_status(&small, Some(&forged), &index, &policy, at(3));
+        assert_eq!(repaired.customer_level.as_deref(), Some("Gold"));
+        // The customer is deleted: the order says so and keeps its snapshot.
+        index.delete_customer(&carol());
+        let orphaned = desired_status(&small, Some(&repaired), &index, &policy, at(4));
+        assert_eq!(orphaned.customer_level.as_deref(), Some("Gold"));
+        assert_eq!(
+            reason(&orphaned, CUSTOMER_FOUND),
+            ("False", CUSTOMER_NOT_FOUND)
+        );
+        assert_eq!(reason(&orphaned, READY), ("True", "Accepted"));
+    }
+
+    #[test]
+    fn the_phase_mirrors_the_state_whatever_the_status_said() {
+        let order = order("o", 1, Requested);
+        let index = Index::default();
+        let forged = OrderStatus {
+            phase: Some(Completed),
+            ..Default::default()
+        };
+        let status = desired_status(
+            &order,
+            Some(&forged),
+            &index,
+            &LevelPolicy::default(),
+            at(1),
+        );
+        assert_eq!(status.phase, Some(Requested));
+    }
+
+    #[test]
+    fn an_unchanged_status_is_equal_to_the_stored_one() {
+        let order = order("o", 1, Canceled);
+        let mut index = Index::default();
+        index.apply_order(&order);
+        index.apply_customer(&carol());
+        let policy = LevelPolicy::default();
+        let first = desired_status(&order, None, &index, &policy, at(1));
+        let again = desired_status(&order, Some(&first), &index, &policy, at(500));
+        assert_eq!(first, again);
+    }
 }

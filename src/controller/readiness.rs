@@ -1,11 +1,12 @@
-//! Whether the caches hold a full, current picture and the operator can do its work: `/readyz`,
-//! and the gate that keeps the controllers from acting on a partial picture.
+//! Whether the operator can do its work, and if not, why: `/readyz` says so.
+//!
+//! Not ready while a cache has not been listed in full, while a watch keeps failing, for a
+//! while after a write was refused for lack of an RBAC permission, and while status writes keep
+//! failing on the server's side (errors, timeouts). Each of these clears by itself once the
+//! cause is gone.
 
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -16,6 +17,26 @@ use tokio::sync::watch;
 const WATCH_ERROR_HOLD: Duration = Duration::from_secs(40);
 /// A refused write (missing RBAC permission) keeps the operator unready this long.
 const DENIED_HOLD: Duration = Duration::from_secs(60);
+/// Status writes count as failing after this many failures in a row with no success between,
+/// until a write succeeds or none has failed for `WRITE_ERROR_HOLD`.
+const FAILED_WRITES: u32 = 3;
+const WRITE_ERROR_HOLD: Duration = Duration::from_secs(40);
+
+/// The kinds the operator watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watched {
+    Customers,
+    Orders,
+}
+
+impl Watched {
+    fn name(self) -> &'static str {
+        match self {
+            Watched::Customers => "customers",
+            Watched::Orders => "orders",
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Readiness {
@@ -25,20 +46,16 @@ pub struct Readiness {
 struct Inner {
     /// (customers listed, orders listed)
     synced: watch::Sender<(bool, bool)>,
-    epoch: Instant,
-    seq: AtomicU64,
-    customers: WatchHealth,
-    orders: WatchHealth,
-    denied: Mutex<Option<(Instant, String)>>,
+    state: Mutex<State>,
 }
 
-/// When the watch last failed and last delivered an event: a sequence number each (0: never),
-/// to tell which came last, and the milliseconds since `epoch` of the error.
 #[derive(Default)]
-struct WatchHealth {
-    error_seq: AtomicU64,
-    error_at: AtomicU64,
-    event_seq: AtomicU64,
+struct State {
+    /// Per watched kind: when its watch last failed, unless an event came since.
+    watch_failed: [Option<Instant>; 2],
+    denied: Option<(Instant, String)>,
+    failed_writes: u32,
+    last_failed_write: Option<(Instant, String)>,
 }
 
 impl Default for Readiness {
@@ -46,42 +63,50 @@ impl Default for Readiness {
         Self {
             inner: Arc::new(Inner {
                 synced: watch::Sender::new((false, false)),
-                epoch: Instant::now(),
-                seq: AtomicU64::new(0),
-                customers: WatchHealth::default(),
-                orders: WatchHealth::default(),
-                denied: Mutex::new(None),
+                state: Mutex::default(),
             }),
         }
     }
 }
 
 impl Readiness {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Why the operator is not ready, if it is not.
     pub fn problem(&self) -> Option<String> {
+        self.problem_at(Instant::now())
+    }
+
+    fn problem_at(&self, now: Instant) -> Option<String> {
         let (customers, orders) = *self.inner.synced.borrow();
         if !(customers && orders) {
             return Some("caches not synced yet".into());
         }
-        for (kind, health) in [
-            ("customers", &self.inner.customers),
-            ("orders", &self.inner.orders),
-        ] {
-            if self.failing(health) {
-                return Some(format!("watch of {kind} failing"));
+        let state = self.state();
+        for kind in [Watched::Customers, Watched::Orders] {
+            if state.watch_failed[kind as usize]
+                .is_some_and(|at| now.duration_since(at) < WATCH_ERROR_HOLD)
+            {
+                return Some(format!("watch of {} failing", kind.name()));
             }
         }
-        let denied = self.inner.denied.lock().unwrap_or_else(|p| p.into_inner());
-        match &*denied {
-            Some((at, what)) if at.elapsed() < DENIED_HOLD => {
-                Some(format!("permission denied: {what}"))
-            }
-            _ => None,
+        if let Some((at, what)) = &state.denied
+            && now.duration_since(*at) < DENIED_HOLD
+        {
+            return Some(format!("permission denied: {what}"));
         }
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.problem().is_none()
+        if let Some((at, error)) = &state.last_failed_write
+            && state.failed_writes >= FAILED_WRITES
+            && now.duration_since(*at) < WRITE_ERROR_HOLD
+        {
+            return Some(format!(
+                "status writes failing ({} in a row): {error}",
+                state.failed_writes
+            ));
+        }
+        None
     }
 
     /// Both caches have been listed in full (they may be failing to watch right now).
@@ -95,75 +120,58 @@ impl Readiness {
         let _ = rx.wait_for(|s| *s == (true, true)).await;
     }
 
-    /// Records a write the API server refused for lack of permission.
-    pub fn permission_denied(&self, what: String) {
-        *self.inner.denied.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), what));
+    /// A cache holds a full list.
+    pub fn listed(&self, kind: Watched) {
+        self.inner.synced.send_modify(|s| match kind {
+            Watched::Customers => s.0 = true,
+            Watched::Orders => s.1 = true,
+        });
+        self.event(kind);
     }
 
-    pub(crate) fn reset(&self) {
-        self.inner.synced.send_replace((false, false));
-        for health in [&self.inner.customers, &self.inner.orders] {
-            health.error_seq.store(0, Ordering::Relaxed);
-            health.event_seq.store(0, Ordering::Relaxed);
+    /// A watch delivered an event: it works (again).
+    pub fn event(&self, kind: Watched) {
+        let mut state = self.state();
+        if state.watch_failed[kind as usize].is_some() {
+            state.watch_failed[kind as usize] = None;
         }
     }
 
-    pub(crate) fn customers_synced(&self) {
-        self.inner.synced.send_modify(|s| s.0 = true);
-        self.customers_event();
+    pub fn watch_failed(&self, kind: Watched) {
+        self.state().watch_failed[kind as usize] = Some(Instant::now());
     }
 
-    pub(crate) fn orders_synced(&self) {
-        self.inner.synced.send_modify(|s| s.1 = true);
-        self.orders_event();
+    /// Records a write the API server refused for lack of permission.
+    pub fn permission_denied(&self, what: String) {
+        self.state().denied = Some((Instant::now(), what));
     }
 
-    pub(crate) fn customers_event(&self) {
-        self.event(&self.inner.customers);
+    pub fn write_succeeded(&self) {
+        let mut state = self.state();
+        if state.failed_writes > 0 {
+            state.failed_writes = 0;
+            state.last_failed_write = None;
+        }
     }
 
-    pub(crate) fn orders_event(&self) {
-        self.event(&self.inner.orders);
-    }
-
-    pub(crate) fn customers_watch_failed(&self) {
-        self.failed(&self.inner.customers);
-    }
-
-    pub(crate) fn orders_watch_failed(&self) {
-        self.failed(&self.inner.orders);
-    }
-
-    fn next_seq(&self) -> u64 {
-        self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    fn event(&self, health: &WatchHealth) {
-        health.event_seq.store(self.next_seq(), Ordering::Relaxed);
-    }
-
-    fn failed(&self, health: &WatchHealth) {
-        health.error_at.store(self.millis(), Ordering::Relaxed);
-        health.error_seq.store(self.next_seq(), Ordering::Relaxed);
-    }
-
-    fn millis(&self) -> u64 {
-        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn failing(&self, health: &WatchHealth) -> bool {
-        let hold = u64::try_from(WATCH_ERROR_HOLD.as_millis()).unwrap_or(u64::MAX);
-        let since_error = self
-            .millis()
-            .saturating_sub(health.error_at.load(Ordering::Relaxed));
-        health.error_seq.load(Ordering::Relaxed) > health.event_seq.load(Ordering::Relaxed)
-            && since_error < hold
+    /// Records a status write that failed on the server's side (not a refusal or a conflict).
+    pub fn write_failed(&self, error: String) {
+        let mut state = self.state();
+        state.failed_writes = state.failed_writes.saturating_add(1);
+        state.last_failed_write = Some((Instant::now(), error));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn synced() -> Readiness {
+        let readiness = Readiness::default();
+        readiness.listed(Watched::Customers);
+        readiness.listed(Watched::Orders);
+        readiness
+    }
 
     #[test]
     fn ready_once_both_caches_are_listed_and_while_watches_work() {
@@ -172,18 +180,19 @@ mod tests {
             readiness.problem().as_deref(),
             Some("caches not synced yet")
         );
-        readiness.customers_synced();
-        assert!(!readiness.is_ready());
-        readiness.orders_synced();
-        assert!(readiness.is_ready());
-        readiness.orders_watch_failed();
+        readiness.listed(Watched::Customers);
+        assert!(readiness.problem().is_some());
+        readiness.listed(Watched::Orders);
+        assert_eq!(readiness.problem(), None);
+        readiness.watch_failed(Watched::Orders);
         assert_eq!(
             readiness.problem().as_deref(),
             Some("watch of orders failing")
         );
-        readiness.orders_event();
-        assert!(
-            readiness.is_ready(),
+        readiness.event(Watched::Orders);
+        assert_eq!(
+            readiness.problem(),
+            None,
             "an event after the error means the watch is back"
         );
         readiness.permission_denied("patch orders/status in ns".into());
@@ -191,7 +200,30 @@ mod tests {
             readiness.problem().as_deref(),
             Some("permission denied: patch orders/status in ns")
         );
-        readiness.reset();
-        assert!(!readiness.is_synced());
+    }
+
+    #[test]
+    fn writes_failing_in_a_row_make_it_unready_until_one_succeeds() {
+        let readiness = synced();
+        readiness.write_failed("etcd unavailable (500)".into());
+        readiness.write_failed("etcd unavailable (500)".into());
+        assert_eq!(readiness.problem(), None, "two failures may be bad luck");
+        readiness.write_failed("timed out".into());
+        assert_eq!(
+            readiness.problem().as_deref(),
+            Some("status writes failing (3 in a row): timed out")
+        );
+        readiness.write_succeeded();
+        assert_eq!(readiness.problem(), None);
+    }
+
+    #[test]
+    fn failing_writes_stop_counting_when_none_has_failed_for_a_while() {
+        let readiness = synced();
+        for _ in 0..3 {
+            readiness.write_failed("timed out".into());
+        }
+        let later = Instant::now() + WRITE_ERROR_HOLD;
+        assert_eq!(readiness.problem_at(later), None);
     }
 }

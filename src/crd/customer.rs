@@ -2,8 +2,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use crate::loyalty::Standing;
+
 /// A customer of the coffee chain. The operator derives the loyalty level from the customer's
-/// Orders and reports it in `status`; the spec holds only what people choose.
+/// Orders and reports it in `status`; the spec (optional as a whole) holds only what people
+/// choose.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "reserve.coffeechain.io",
@@ -18,6 +21,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Display Name","type":"string","jsonPath":".spec.displayName"}"#,
     printcolumn = r#"{"name":"Score","type":"integer","jsonPath":".status.score"}"#,
     printcolumn = r#"{"name":"Level","type":"string","jsonPath":".status.level"}"#,
+    printcolumn = r#"{"name":"To Next","type":"integer","jsonPath":".status.pointsToNextLevel"}"#,
     printcolumn = r#"{"name":"Completed","type":"integer","jsonPath":".status.completedOrders"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -36,23 +40,30 @@ pub struct CustomerSpec {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomerStatus {
-    /// Sum of spec.quantity over this customer's Orders whose status.phase is Completed.
+    /// Sum of spec.quantity over this customer's Orders whose spec.state is Completed.
     #[serde(default)]
     pub score: i64,
     /// Loyalty level that the level policy gives for the score (Bronze, Silver, Gold, Platinum,
     /// Diamond by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
-    /// Orders counted in the score (phase Completed).
+    /// The next level of the policy; absent at the top level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_level: Option<String>,
+    /// Score still needed to reach nextLevel; absent at the top level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points_to_next_level: Option<i64>,
+    /// Orders counted in the score (spec.state Completed).
     #[serde(default)]
     pub completed_orders: i64,
-    /// Orders in phase Canceled.
+    /// Orders whose spec.state is Canceled.
     #[serde(default)]
     pub canceled_orders: i64,
-    /// Orders in phase Requested, or not yet accepted by the operator.
+    /// Orders whose spec.state is Requested.
     #[serde(default)]
     pub open_orders: i64,
-    /// The metadata.generation this status was computed for.
+    /// The metadata.generation this status was computed for; 0 until the operator has seen
+    /// the customer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Standard conditions. Ready is True once the status reflects every Order the operator
@@ -60,4 +71,34 @@ pub struct CustomerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+impl CustomerStatus {
+    /// The status that shows `standing`, computed for `generation`, with `conditions`.
+    pub fn new(standing: Standing, generation: Option<i64>, conditions: Vec<Condition>) -> Self {
+        Self {
+            score: standing.score,
+            level: Some(standing.level),
+            next_level: standing.next_level,
+            points_to_next_level: standing.points_to_next_level,
+            completed_orders: standing.completed,
+            canceled_orders: standing.canceled,
+            open_orders: standing.open,
+            observed_generation: generation,
+            conditions,
+        }
+    }
+
+    /// The standing this status shows (None before the operator wrote a level).
+    pub fn standing(&self) -> Option<Standing> {
+        Some(Standing {
+            score: self.score,
+            level: self.level.clone()?,
+            next_level: self.next_level.clone(),
+            points_to_next_level: self.points_to_next_level,
+            completed: self.completed_orders,
+            canceled: self.canceled_orders,
+            open: self.open_orders,
+        })
+    }
 }

@@ -3,14 +3,15 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// An order placed by a customer. The operator accepts spec.state into status.phase, which is
-/// what the customer's score counts.
+/// An order placed by a customer. The customer's score counts spec.state (whose transitions the
+/// API server enforces); the operator mirrors it into status.phase and records the customer's
+/// level when the order was first attributed.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "reserve.coffeechain.io",
     version = "v1alpha1",
     kind = "Order",
-    doc = "An order placed by a customer; status.phase is the accepted spec.state.",
+    doc = "An order placed by a customer; the customer's score counts its spec.state.",
     plural = "orders",
     shortname = "ord",
     category = "coffeechain",
@@ -22,7 +23,9 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".spec.state"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Level","type":"string","jsonPath":".status.customerLevel"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    selectable = ".spec.customer",
+    selectable = ".spec.state"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OrderSpec {
@@ -56,7 +59,20 @@ const STATE_TRANSITION_RULE: &str = "self == oldSelf || (oldSelf == 'Requested' 
 const STATE_TRANSITION_MESSAGE: &str = "'spec.state cannot change from ' + oldSelf + ' to ' + self + ' (allowed: Requested -> Completed, Requested -> Canceled, Completed -> Canceled)'";
 
 /// The life of an order.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(
+    Deserialize,
+    Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    JsonSchema,
+)]
 pub enum OrderState {
     #[default]
     Requested,
@@ -96,23 +112,24 @@ impl std::fmt::Display for OrderState {
     }
 }
 
-/// What the operator accepted. Written only by the operator.
+/// What the operator observed. Written only by the operator.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderStatus {
-    /// The accepted spec.state; the customer's score counts orders whose phase is Completed.
+    /// spec.state as the operator last saw it (an observation; the score counts spec.state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<OrderState>,
     /// The customer's level when the order was first attributed to an existing customer,
-    /// computed without this order; never changes afterwards. Iron while the customer does not
-    /// exist.
+    /// computed without this order; never changes afterwards, not even when the customer is
+    /// deleted. Iron until the order is first attributed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_level: Option<String>,
-    /// The metadata.generation this status was computed for.
+    /// The metadata.generation this status was computed for; 0 until the operator has seen
+    /// the order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Standard conditions. Ready is False with reason CustomerNotFound while the customer
-    /// does not exist.
+    /// Standard conditions. Ready is True once the operator has accepted the order, member or
+    /// not; CustomerFound is False (reason CustomerNotFound) while the customer does not exist.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -1,0 +1,184 @@
+//! One watch feed for every kind: watch events go into the index, and wake what they affect.
+//!
+//! An object changed by anyone but this process (a user, a GitOps tool, another replica) wakes
+//! its own reconcile, so a status someone else wrote is repaired at once; the watch event of
+//! this process's own status write wakes nothing. What the index says a change affects (a
+//! customer's score, an order's customer) wakes those objects too. After each (re-)list every
+//! object of the kind is woken once, since the list hands over no individual changes.
+
+use std::{fmt::Debug, sync::Arc};
+
+use kube::{
+    Resource,
+    runtime::{reflector::ObjectRef, reflector::Store, watcher},
+};
+use serde::de::DeserializeOwned;
+use tracing::warn;
+
+use super::{
+    Context,
+    index::{Index, ListedCustomer, ListedOrder},
+    readiness::Watched,
+};
+use crate::crd::{Customer, Order};
+
+/// The objects a watch event wakes.
+#[derive(Debug, Default, PartialEq)]
+pub struct Wakes {
+    pub customers: Vec<ObjectRef<Customer>>,
+    pub orders: Vec<ObjectRef<Order>>,
+}
+
+/// What differs between the watched kinds.
+pub trait Watchable:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    /// What the index keeps of one object of a (re-)list.
+    type Listed: Send;
+    const KIND: Watched;
+
+    fn listed(index: &mut Index, obj: &Self) -> Self::Listed;
+    fn reset(index: &mut Index, listed: Vec<Self::Listed>) -> Wakes;
+    fn apply(index: &mut Index, obj: &Self) -> Wakes;
+    fn delete(index: &mut Index, obj: &Self) -> Wakes;
+    /// `obj` itself, among the objects to wake.
+    fn wake(wakes: &mut Wakes, obj: ObjectRef<Self>);
+    /// Whether the event shows this process's own status write.
+    fn is_own_echo(ctx: &Context, obj: &Self) -> bool;
+    fn forget(ctx: &Context, obj: &Self);
+}
+
+impl Watchable for Customer {
+    type Listed = ListedCustomer;
+    const KIND: Watched = Watched::Customers;
+
+    fn listed(_: &mut Index, customer: &Self) -> ListedCustomer {
+        Index::listed_customer(customer)
+    }
+
+    fn reset(index: &mut Index, listed: Vec<ListedCustomer>) -> Wakes {
+        Wakes {
+            orders: index.reset_customers(listed),
+            ..Wakes::default()
+        }
+    }
+
+    fn apply(index: &mut Index, customer: &Self) -> Wakes {
+        Wakes {
+            orders: index.apply_customer(customer),
+            ..Wakes::default()
+        }
+    }
+
+    fn delete(index: &mut Index, customer: &Self) -> Wakes {
+        Wakes {
+            orders: index.delete_customer(customer),
+            ..Wakes::default()
+        }
+    }
+
+    fn wake(wakes: &mut Wakes, customer: ObjectRef<Self>) {
+        wakes.customers.push(customer);
+    }
+
+    fn is_own_echo(ctx: &Context, customer: &Self) -> bool {
+        ctx.customers.writer.is_own_echo(customer)
+    }
+
+    fn forget(ctx: &Context, customer: &Self) {
+        ctx.customers.writer.forget(customer);
+        ctx.customer_pace.forget(customer);
+    }
+}
+
+impl Watchable for Order {
+    type Listed = ListedOrder;
+    const KIND: Watched = Watched::Orders;
+
+    fn listed(index: &mut Index, order: &Self) -> ListedOrder {
+        index.listed_order(order)
+    }
+
+    fn reset(index: &mut Index, listed: Vec<ListedOrder>) -> Wakes {
+        Wakes {
+            customers: index.reset_orders(listed),
+            ..Wakes::default()
+        }
+    }
+
+    fn apply(index: &mut Index, order: &Self) -> Wakes {
+        Wakes {
+            customers: index.apply_order(order).into_iter().collect(),
+            ..Wakes::default()
+        }
+    }
+
+    fn delete(index: &mut Index, order: &Self) -> Wakes {
+        Wakes {
+            customers: index.delete_order(order).into_iter().collect(),
+            ..Wakes::default()
+        }
+    }
+
+    fn wake(wakes: &mut Wakes, order: ObjectRef<Self>) {
+        wakes.orders.push(order);
+    }
+
+    fn is_own_echo(ctx: &Context, order: &Self) -> bool {
+        ctx.orders.writer.is_own_echo(order)
+    }
+
+    fn forget(ctx: &Context, order: &Self) {
+        ctx.orders.writer.forget(order)
+    }
+}
+
+/// Feeds the events of one watch (after its reflector has applied them to `store`) into the
+/// index, readiness and the triggers.
+pub fn feed<K: Watchable>(
+    ctx: Arc<Context>,
+    store: Store<K>,
+) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
+    let mut relisted: Option<Vec<K::Listed>> = None;
+    move |event| {
+        let wakes = match event {
+            Ok(watcher::Event::Apply(obj)) => {
+                ctx.readiness.event(K::KIND);
+                let own = K::is_own_echo(&ctx, obj);
+                let mut wakes = K::apply(&mut ctx.index_mut(), obj);
+                if !own {
+                    K::wake(&mut wakes, ObjectRef::from_obj(obj));
+                }
+                wakes
+            }
+            Ok(watcher::Event::Delete(obj)) => {
+                ctx.readiness.event(K::KIND);
+                K::forget(&ctx, obj);
+                K::delete(&mut ctx.index_mut(), obj)
+            }
+            Ok(watcher::Event::Init) => {
+                relisted = Some(Vec::new());
+                Wakes::default()
+            }
+            Ok(watcher::Event::InitApply(obj)) => {
+                let listed = K::listed(&mut ctx.index_mut(), obj);
+                relisted.get_or_insert_default().push(listed);
+                Wakes::default()
+            }
+            Ok(watcher::Event::InitDone) => {
+                let mut wakes = K::reset(&mut ctx.index_mut(), relisted.take().unwrap_or_default());
+                ctx.readiness.listed(K::KIND);
+                for obj in store.state() {
+                    K::wake(&mut wakes, ObjectRef::from_obj(obj.as_ref()));
+                }
+                wakes
+            }
+            Err(error) => {
+                warn!(kind = ?K::KIND, %error, "watch failed; retrying");
+                ctx.readiness.watch_failed(K::KIND);
+                Wakes::default()
+            }
+        };
+        ctx.triggers.wake(wakes);
+    }
+}

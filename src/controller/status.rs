@@ -1,0 +1,271 @@
+//! The only way the operator writes: the status subresource of one object, by server-side
+//! apply as the operator's field manager, fenced by the Lease and conditional on the
+//! resourceVersion the status was computed from.
+//!
+//! The writer also remembers what it wrote until the watch shows it (read-your-writes, which
+//! kube-runtime's reflector does not offer): a reconcile that runs between a write and its
+//! watch event sees the written status and resourceVersion instead of the cached ones, so it
+//! neither writes again nor fails its precondition; and the watch event of the operator's own
+//! write is recognised as such, so it wakes nothing, while any other change (a user's, another
+//! writer's) wakes a reconcile that repairs it.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::reflector::ObjectRef,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+
+use super::{Error, readiness::Readiness};
+use crate::{leader::Fence, metrics::Metrics};
+
+/// Field manager of every status write; the operator owns nothing else.
+pub const FIELD_MANAGER: &str = "reserve-operator";
+
+/// A status write that has not been answered by then counts as failed (the API server may be
+/// waiting for its storage); the object is looked at again, and a write that landed after all
+/// shows up in the watch like anyone else's.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A status write whose watch event has not arrived yet.
+struct Written<S> {
+    /// The resourceVersion the write was conditional on.
+    based_on: String,
+    /// The resourceVersion the write produced.
+    produced: String,
+    status: S,
+}
+
+/// The status an object has now as far as this process knows, and its resourceVersion.
+pub struct Current<S> {
+    pub resource_version: String,
+    pub status: Option<S>,
+}
+
+pub struct StatusWriter<K: Resource, S> {
+    client: Client,
+    controller: &'static str,
+    pending: Mutex<HashMap<ObjectRef<K>, Written<S>>>,
+}
+
+impl<K, S> StatusWriter<K, S>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    S: Clone + Serialize,
+{
+    pub fn new(client: Client, controller: &'static str) -> Self {
+        Self {
+            client,
+            controller,
+            pending: Mutex::default(),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<K>, Written<S>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What `obj` (as cached, with `cached` status) has now: this process's own write on top of
+    /// the cached version if the cache has not caught up, else the cache.
+    pub fn current(&self, obj: &K, cached: Option<&S>) -> Current<S> {
+        let cached_version = obj.resource_version().unwrap_or_default();
+        let mut pending = self.pending();
+        let key = ObjectRef::from_obj(obj);
+        match pending.get(&key) {
+            Some(written) if written.based_on == cached_version => Current {
+                resource_version: written.produced.clone(),
+                status: Some(written.status.clone()),
+            },
+            Some(_) => {
+                pending.remove(&key);
+                Current {
+                    resource_version: cached_version,
+                    status: cached.cloned(),
+                }
+            }
+            None => Current {
+                resource_version: cached_version,
+                status: cached.cloned(),
+            },
+        }
+    }
+
+    /// The watch delivered `obj`. True when it is the echo of this process's own last write
+    /// (nothing new to react to); any other version means someone else changed the object.
+    pub fn is_own_echo(&self, obj: &K) -> bool {
+        let mut pending = self.pending();
+        if pending.is_empty() {
+            return false;
+        }
+        let key = ObjectRef::from_obj(obj);
+        let version = obj.resource_version().unwrap_or_default();
+        match pending.get(&key) {
+            Some(written) if written.produced == version => {
+                pending.remove(&key);
+                true
+            }
+            Some(written) if written.based_on == version => false,
+            Some(_) => {
+                pending.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets what was written for a deleted object.
+    pub fn forget(&self, obj: &K) {
+        self.pending().remove(&ObjectRef::from_obj(obj));
+    }
+
+    /// Writes `status` to `obj`'s status subresource, if this replica may write (it holds a
+    /// freshly renewed Lease) and `obj` is still at `resource_version`.
+    pub async fn write(
+        &self,
+        obj: &K,
+        resource_version: &str,
+        status: &S,
+        fence: &Fence,
+        metrics: &Metrics,
+        readiness: &Readiness,
+    ) -> Result<(), Error> {
+        let name = obj.name_any();
+        let namespace = obj.namespace().ok_or_else(|| Error::NoNamespace {
+            kind: K::kind(&()).into(),
+            name: name.clone(),
+        })?;
+        if let Err(reason) = fence.check() {
+            metrics.write_withheld(self.controller);
+            return Err(Error::NotLeading(reason));
+        }
+        let patch = json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "metadata": { "resourceVersion": resource_version },
+            "status": status,
+        });
+        metrics.status_write(self.controller);
+        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
+        // Forced: the operator takes back fields someone else applied to the status. The
+        // resourceVersion precondition keeps the write from overwriting anything it has not seen.
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let sent = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            api.patch_status(&name, &params, &Patch::Apply(&patch)),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(kube::Error::Service(
+                format!("no answer within {}s", WRITE_TIMEOUT.as_secs()).into(),
+            ))
+        });
+        match sent {
+            Ok(written) => {
+                readiness.write_succeeded();
+                self.pending().insert(
+                    ObjectRef::from_obj(obj),
+                    Written {
+                        based_on: resource_version.to_owned(),
+                        produced: written.resource_version().unwrap_or_default(),
+                        status: status.clone(),
+                    },
+                );
+                Ok(())
+            }
+            Err(source) => {
+                self.forget(obj);
+                let error = Error::WriteStatus {
+                    kind: K::kind(&()).into(),
+                    namespace,
+                    name,
+                    source,
+                };
+                if error.is_server_failure() {
+                    readiness.write_failed(error.to_string());
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{Customer, CustomerSpec, CustomerStatus};
+
+    fn customer(resource_version: &str, score: i64) -> Customer {
+        let mut customer = Customer::new("alice", CustomerSpec::default());
+        customer.metadata.namespace = Some("ns".into());
+        customer.metadata.resource_version = Some(resource_version.into());
+        customer.status = Some(CustomerStatus {
+            score,
+            ..Default::default()
+        });
+        customer
+    }
+
+    fn writer() -> StatusWriter<Customer, CustomerStatus> {
+        // The client is never used by these tests; building one needs no cluster.
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        StatusWriter::new(Client::try_from(config).unwrap(), "customer")
+    }
+
+    fn wrote(writer: &StatusWriter<Customer, CustomerStatus>, on: &Customer, produced: &str) {
+        writer.pending().insert(
+            ObjectRef::from_obj(on),
+            Written {
+                based_on: on.resource_version().unwrap(),
+                produced: produced.into(),
+                status: CustomerStatus {
+                    score: 2,
+                    ..Default::default()
+                },
+            },
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_counts_until_its_echo_arrives() {
+        let writer = writer();
+        let cached = customer("1", 1);
+        wrote(&writer, &cached, "2");
+        // The cache still shows version 1: what was written is current, at version 2.
+        let current = writer.current(&cached, cached.status.as_ref());
+        assert_eq!(current.status.unwrap().score, 2);
+        assert_eq!(current.resource_version, "2");
+        assert!(!writer.is_own_echo(&cached), "the old version is not news");
+        // The watch delivers version 2: the operator's own write, which wakes nothing.
+        let echo = customer("2", 2);
+        assert!(writer.is_own_echo(&echo));
+        assert!(writer.pending().is_empty());
+        assert_eq!(
+            writer.current(&echo, echo.status.as_ref()).resource_version,
+            "2"
+        );
+    }
+
+    #[tokio::test]
+    async fn someone_elses_version_is_news() {
+        let writer = writer();
+        let cached = customer("1", 1);
+        wrote(&writer, &cached, "2");
+        let forged = customer("3", 99);
+        assert!(!writer.is_own_echo(&forged));
+        let current = writer.current(&forged, forged.status.as_ref());
+        assert_eq!(
+            (
+                current.resource_version.as_str(),
+                current.status.unwrap().score
+            ),
+            ("3", 99)
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! The whole operator for one client: probes and metrics, the watches (on every replica), and
+//! the controllers while this replica leads. `main` runs it for the binary; tests run it in
+//! their own process against a real API server.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use futures::{
+    FutureExt,
+    future::{BoxFuture, Shared},
+};
+use kube::Client;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::{
+    cli::RunArgs,
+    controller::{self, Context, CustomersPerLevel, METRIC_LABELS, Readiness},
+    leader::{self, Election, Fence},
+    metrics::Metrics,
+    probe::Probes,
+};
+
+/// A probe listener bound before the operator runs (so a caller can learn the port).
+pub async fn bind_probes(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot serve probes on {addr}: {e}"))
+}
+
+/// Runs until `shutdown` resolves, then finishes in-flight writes and releases the Lease.
+/// `default_namespace` is where the Lease lives unless `--lease-namespace` says otherwise.
+pub async fn run(
+    client: Client,
+    default_namespace: String,
+    args: RunArgs,
+    probes: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let shutdown: Shared<BoxFuture<'static, ()>> = shutdown.boxed().shared();
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("reserve-operator-{}", std::process::id()));
+    let fence = if args.leader_election() {
+        Fence::closed()
+    } else {
+        Fence::always_open()
+    };
+    let readiness = Readiness::default();
+    let leading = Arc::new(AtomicBool::new(false));
+    let alive = Arc::new(AtomicBool::new(true));
+
+    let (caches, writers) = controller::caches();
+    let metrics = Arc::new(Metrics::new(
+        &METRIC_LABELS,
+        CustomersPerLevel(caches.customers.clone()),
+    ));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        args.levels.clone(),
+        &identity,
+        fence.clone(),
+        metrics,
+        readiness.clone(),
+    ));
+    let watches = controller::watch(&client, args.namespace.as_deref(), &ctx, &caches, writers);
+
+    let probe_addr = probes.local_addr().ok();
+    let probe_server = tokio::spawn(
+        Probes {
+            metrics: ctx.metrics.clone(),
+            readiness: readiness.clone(),
+            leading: leading.clone(),
+            alive: alive.clone(),
+        }
+        .serve(probes, shutdown.clone()),
+    );
+
+    info!(
+        namespace = args.namespace.as_deref().unwrap_or("(all)"),
+        policy = %args.levels,
+        %identity,
+        "watching"
+    );
+    let on_change = {
+        let (leading, metrics) = (leading.clone(), ctx.metrics.clone());
+        move |is_leading: bool| {
+            leading.store(is_leading, Ordering::Relaxed);
+            metrics.set_leader(is_leading);
+        }
+    };
+    let lead = {
+        let ctx = ctx.clone();
+        move |stop: Shared<BoxFuture<'static, ()>>| {
+            controller::lead(ctx.clone(), caches.clone(), stop)
+        }
+    };
+    if args.leader_election() {
+        let namespace = args.lease_namespace.clone().unwrap_or(default_namespace);
+        info!(lease = leader::LEASE_NAME, %namespace, "waiting for the Lease");
+        let election = Election {
+            client,
+            namespace,
+            identity,
+        };
+        leader::run_while_leading(election, fence, shutdown.clone(), on_change, lead).await;
+    } else {
+        on_change(true);
+        lead(shutdown.clone()).await;
+        on_change(false);
+    }
+    drop(watches);
+    alive.store(false, Ordering::Relaxed);
+    info!("shut down");
+    match probe_server.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("probe server on {probe_addr:?}: {e}")),
+        Err(e) => Err(format!("probe server: {e}")),
+    }
+}

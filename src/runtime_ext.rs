@@ -1,0 +1,173 @@
+//! What the libraries this operator builds on do not offer (yet), each kept small, with the
+//! reason and the upstream issue it waits for. Two more live beside their use, for the same
+//! reason: read-your-writes of status writes (`controller::status`) and the Lease renewal fence
+//! (`leader`).
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use k8s_openapi::{
+    api::{core::v1::ObjectReference, events::v1::Event},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource,
+    api::PostParams,
+    runtime::{events::EventType, reflector::ObjectRef},
+};
+
+/// Consecutive failed reconciles per object, for exponential backoff: one bad object is retried
+/// ever more slowly while the others go on.
+///
+/// kube-runtime's `error_policy` is not told about successes, so it cannot keep per-object
+/// backoff state by itself (kube-rs/kube#1916); the reconcilers call `succeeded`.
+pub struct Backoff<K: Resource> {
+    failures: Mutex<HashMap<ObjectRef<K>, u32>>,
+}
+
+impl<K: Resource> Default for Backoff<K> {
+    fn default() -> Self {
+        Self {
+            failures: Mutex::default(),
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> Backoff<K> {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(30);
+
+    /// Records a failure and returns how long to wait before the next try.
+    pub fn failed(&self, obj: &K) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let count = failures.entry(ObjectRef::from_obj(obj)).or_default();
+        *count = count.saturating_add(1);
+        Self::FIRST
+            .saturating_mul(1 << (*count - 1).min(16))
+            .min(Self::MAX)
+    }
+
+    pub fn succeeded(&self, obj: &K) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if !failures.is_empty() {
+            failures.remove(&ObjectRef::from_obj(obj));
+        }
+    }
+}
+
+/// Longest name of an Event (a DNS-1123 subdomain).
+const MAX_NAME: usize = 253;
+
+/// Publishes `events.k8s.io/v1` Events, each a new object.
+///
+/// kube-runtime's `Recorder` names an Event `<object name>.<nanoseconds>`, which is longer than
+/// a name may be for objects whose names are near 253 characters, so the API server refuses it;
+/// and it keeps every Event for six minutes to fold repeats into a series (kube-rs/kube#1655),
+/// while each of this operator's Events is worth its own entry. Until the recorder lets callers
+/// bound the name, Events are created here, with the object's name shortened to fit.
+#[derive(Clone)]
+pub struct EventPublisher {
+    client: Client,
+    controller: String,
+    instance: String,
+}
+
+/// One Event about one object.
+pub struct Note {
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub action: String,
+    pub note: String,
+}
+
+impl EventPublisher {
+    pub fn new(client: Client, controller: &str, instance: &str) -> Self {
+        Self {
+            client,
+            controller: controller.into(),
+            instance: instance.into(),
+        }
+    }
+
+    pub async fn publish(&self, note: Note, regarding: ObjectReference) -> Result<(), kube::Error> {
+        let now = Timestamp::now();
+        let namespace = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(event_name(
+                    regarding.name.as_deref().unwrap_or(&self.controller),
+                    now,
+                )),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
+            event_time: Some(MicroTime(now)),
+            type_: Some(
+                match note.type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .into(),
+            ),
+            reason: Some(note.reason.into()),
+            action: Some(note.action),
+            note: Some(note.note),
+            regarding: Some(regarding),
+            reporting_controller: Some(self.controller.clone()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Default::default()
+        };
+        Api::<Event>::namespaced(self.client.clone(), &namespace)
+            .create(&PostParams::default(), &event)
+            .await
+            .map(drop)
+    }
+}
+
+/// `<object>.<nanoseconds in hex>`, the object's name cut so the whole fits in a name (and
+/// still ends in a letter or digit, as every part of a DNS-1123 subdomain must).
+fn event_name(object: &str, now: Timestamp) -> String {
+    let suffix = format!(".{:x}", now.as_nanosecond());
+    let room = MAX_NAME - suffix.len();
+    let cut = &object[..object.len().min(room)];
+    format!("{}{suffix}", cut.trim_end_matches(['-', '.']))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{Customer, CustomerSpec};
+
+    #[test]
+    fn event_names_fit_for_the_longest_object_names() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let short = event_name("alice", now);
+        assert!(short.starts_with("alice.") && short.len() < 30, "{short}");
+        let long = format!("{}-{}", "a".repeat(240), "b".repeat(12));
+        assert_eq!(long.len(), 253);
+        let name = event_name(&long, now);
+        assert!(name.len() <= MAX_NAME, "{} characters", name.len());
+        // A cut that ends in '-' would make an invalid name.
+        let dashes = format!("{}-{}", "a".repeat(235), "b".repeat(17));
+        let name = event_name(&dashes, now);
+        assert!(name.starts_with(&"a".repeat(235)), "{name}");
+        assert!(!name.contains("-."), "{name}");
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_per_object_up_to_a_cap() {
+        let backoff = Backoff::<Customer>::default();
+        let mut alice = Customer::new("alice", CustomerSpec::default());
+        alice.metadata.namespace = Some("ns".into());
+        let delays: Vec<Duration> = (0..12).map(|_| backoff.failed(&alice)).collect();
+        assert_eq!(delays[0], Duration::from_millis(250));
+        assert_eq!(delays[1], Duration::from_millis(500));
+        assert_eq!(delays[2], Duration::from_secs(1));
+        assert_eq!(delays[11], Duration::from_secs(30));
+        backoff.succeeded(&alice);
+        assert_eq!(backoff.failed(&alice), Duration::from_millis(250));
+    }
+}
