@@ -8,17 +8,17 @@ help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
 test: tools lint ## build the control-plane tools if missing, lint, run every test
-	$(CARGO) test
+	$(CARGO) test --workspace
 
 lint: ## formatting and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt: ## format the code
 	$(CARGO) fmt --all
 
 crds: ## regenerate manifests/crds/crds.yaml from src/crd/
-	$(CARGO) run --quiet -- crds > manifests/crds/crds.yaml
+	$(CARGO) run --quiet --bin reserve-operator -- crds > manifests/crds/crds.yaml
 
 tools: ## build (once) kube-apiserver, kubectl and etcd into ~/.cache/reserve-operator
 	@hack/control-plane-tools.sh >/dev/null
@@ -28,18 +28,16 @@ tools: ## build (once) kube-apiserver, kubectl and etcd into ~/.cache/reserve-op
 demo: ## start a local control plane and the operator, play the samples in examples/, stop everything
 	hack/demo.sh
 
-dev: ## start (or reuse) a local control plane with the CRDs for exploring; prints the KUBECONFIG to use
-	@hack/local-cluster.sh up >/dev/null
+dev: tools ## start (or reuse) a local control plane with the API installed; prints the KUBECONFIG to use
+	@$(CARGO) build --quiet --bin reserve-cluster
+	@target/debug/reserve-cluster up >/dev/null
 	@echo "Local control plane is up. Use it with:"
-	@echo "  $$(hack/local-cluster.sh env)"
+	@echo "  $$(target/debug/reserve-cluster env)"
 	@echo "Run the operator against it with 'make run', stop it with 'make dev-down'."
 
 dev-down: ## stop the local control plane of `make dev` and delete its data
-	hack/local-cluster.sh down
+	@$(CARGO) build --quiet --bin reserve-cluster
+	target/debug/reserve-cluster down
 
-run: ## run the operator against the current KUBECONFIG (INSTALL_CRDS=1 applies manifests/crds first)
-	@if [ "$(INSTALL_CRDS)" = 1 ]; then kubectl apply -k manifests/crds; fi
-	$(CARGO) run --bin reserve-operator -- run --no-leader-election --probe-addr 127.0.0.1:8080 $(ARGS)
-
-bench: tools ## convergence benchmark, 1,000 customers / 20,000 orders (BENCH_ARGS=--sweep for 1k/5k/20k orders)
-	hack/bench.sh $(BENCH_ARGS)
+run: ## run the operator against the current KUBECONFIG as its ServiceAccount (INSTALL=1 installs the API and RBAC first; ARGS="--namespace coffee ...")
+	hack/run.sh $(ARGS)

@@ -19,9 +19,9 @@ cleanup() {
     kill -TERM "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/dev/null || true
   fi
   if [[ ${KEEP:-0} == 1 && $status == 0 ]]; then
-    say "control plane left running: $("$repo/hack/local-cluster.sh" env)"
+    say "control plane left running: $("$cluster" env)"
   else
-    "$repo/hack/local-cluster.sh" down >/dev/null 2>&1 || true
+    "$cluster" down >/dev/null 2>&1 || true
   fi
   [[ $status == 0 ]] || say "failed (exit $status); operator log: $log"
 }
@@ -30,20 +30,24 @@ trap 'exit 130' INT TERM
 
 step "Building the operator and the control-plane tools (first run: several minutes)"
 operator=${RESERVE_OPERATOR_BIN:-}
-if [[ -z $operator ]]; then
-  cargo build --quiet --bin reserve-operator
+cluster=${RESERVE_CLUSTER_BIN:-}
+if [[ -z $operator || -z $cluster ]]; then
+  cargo build --quiet --bin reserve-operator --bin reserve-cluster
   operator=$repo/target/debug/reserve-operator
+  cluster=$repo/target/debug/reserve-cluster
 fi
 bin=$("$repo/hack/control-plane-tools.sh")
 export PATH="$bin:$PATH"
 
 step "Starting a local control plane (etcd + kube-apiserver)"
-export KUBECONFIG=$("$repo/hack/local-cluster.sh" up)
+export KUBECONFIG=$("$cluster" up)
 kubectl create namespace "$ns" >/dev/null
 
 step "Starting the operator (log: target/demo/operator.log)"
 mkdir -p "$(dirname "$log")"
-"$operator" run --no-leader-election --namespace "$ns" --probe-addr 127.0.0.1:0 >"$log" 2>&1 &
+# As its own ServiceAccount (reserve-system/reserve-operator), with exactly the shipped RBAC.
+KUBECONFIG=$RESERVE_CLUSTER_DIR/operator.kubeconfig \
+  "$operator" run --no-leader-election --namespace "$ns" --probe-addr 127.0.0.1:0 >"$log" 2>&1 &
 operator_pid=$!
 
 show() { kubectl get customers -n "$ns"; }
@@ -57,7 +61,7 @@ state() { kubectl patch order "$1" -n "$ns" --type merge -p "{\"spec\":{\"state\
 step "Applying examples/: customers alice, bob, dana; six orders, one for carol who is not a customer yet"
 kubectl apply -n "$ns" -f examples/customers.yaml -f examples/orders.yaml
 kubectl wait -n "$ns" customers --all --for=condition=Ready --timeout=60s >/dev/null
-kubectl wait -n "$ns" order/carol-latte --for=jsonpath='{.status.conditions[0].reason}'=CustomerNotFound --timeout=60s >/dev/null
+kubectl wait -n "$ns" order/carol-latte --for=condition=CustomerFound=false --timeout=60s >/dev/null
 show
 kubectl get orders -n "$ns"
 
@@ -96,7 +100,7 @@ spec: {displayName: Carol Park}
 CUSTOMER
 state carol-latte Completed
 until_level carol Bronze 2
-kubectl wait -n "$ns" order/carol-latte --for=condition=Ready --timeout=60s >/dev/null
+kubectl wait -n "$ns" order/carol-latte --for=condition=CustomerFound --timeout=60s >/dev/null
 
 step "A forbidden change is refused by the API server, nothing is stored"
 kubectl patch order bob-cold-brew -n "$ns" --type merge -p '{"spec":{"state":"Completed"}}' 2>&1 | sed 's/^/  /' || true

@@ -1,37 +1,37 @@
-//! Breaking things on purpose: operator crashes, an API server restart, a leader killed under
-//! load, users editing and deleting objects, a missing permission. Whatever happens, every
-//! Customer ends exactly as an independent computation from the stored Orders says, no status
-//! ever shows a level that disagrees with its score, and no customer-level snapshot changes
-//! once taken.
+//! Breaking things on purpose, with the operator as its own process: crashes, an API server
+//! restart, etcd stopped, a leader killed or paused under load, users editing and deleting
+//! objects, a missing permission. Whatever happens, every Customer ends exactly as the
+//! operator's rules say from the stored Orders, no status ever shows a level that disagrees with
+//! its score, and no customer-level snapshot changes once taken.
 //!
-//! Sizes scale with RESERVE_CHAOS_SCALE (default 1: about 2,300 order transitions per load);
-//! `RESERVE_CHAOS_SCALE=5 cargo test --test chaos -- --nocapture` is the heavy variant.
+//! Sizes scale with RESERVE_CHAOS_SCALE (default 1); `RESERVE_CHAOS_SCALE=5 cargo test --test
+//! chaos -- --nocapture` is the heavy variant.
 
-mod scenario;
-mod support;
+use std::time::{Duration, Instant};
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
-
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{StreamExt, stream};
+use k8s_openapi::api::events::v1::Event;
 use kube::{
     Api,
     api::{ListParams, Patch, PatchParams},
-    runtime::{WatchStreamExt, watcher},
 };
 use reserve_operator::{
-    crd::{Customer, Order, OrderState},
-    loyalty::{LevelPolicy, MISSING_CUSTOMER_LEVEL, Tally},
+    crd::{Customer, OrderState},
+    loyalty::{LevelPolicy, MISSING_CUSTOMER_LEVEL},
 };
-use scenario::{Scenario, free_port, grant_cluster_admin, is_write};
-use support::{ControlPlane, OperatorProcess, eventually, fresh_namespace};
+use reserve_testkit::{
+    ControlPlane, Identity, Launch, OperatorProcess, Shop,
+    control_plane::text,
+    eventually, fixtures,
+    invariants::Invariants,
+    operator_bin, rbac,
+    shop::grant_lease,
+    workload::{Driver, Plan},
+};
 use tokio::sync::RwLock;
 
-/// The API server restart affects every test of this binary: it runs alone.
-static APISERVER: RwLock<()> = RwLock::const_new(());
+/// Restarting the API server or stopping etcd affects every test of this binary: those run alone.
+static CONTROL_PLANE: RwLock<()> = RwLock::const_new(());
 
 const CONVERGE: Duration = Duration::from_secs(90);
 const CONCURRENCY: usize = 16;
@@ -44,262 +44,31 @@ fn scale() -> usize {
         .max(1)
 }
 
-/// A small deterministic generator, so a failing run can be repeated with its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// What the load does to each order: the states it is moved through after creation.
-fn plan(orders: usize, customers: usize, seed: u64) -> Vec<(String, String, i32, Vec<OrderState>)> {
-    use OrderState::*;
-    let mut rng = Rng(seed);
-    (0..orders)
-        .map(|i| {
-            let steps = match rng.below(20) {
-                0..=11 => vec![Completed],
-                12..=14 => vec![Completed, Canceled],
-                15..=17 => vec![Canceled],
-                _ => vec![],
-            };
-            let customer = format!("c{}", rng.below(customers as u64));
-            (format!("o{i}"), customer, 1 + rng.below(5) as i32, steps)
-        })
-        .collect()
-}
-
-/// Creates the orders, then applies their state changes in a shuffled order, `CONCURRENCY` at a
-/// time. Returns the number of order transitions (creations + state changes).
-async fn drive(s: &Scenario, plan: &[(String, String, i32, Vec<OrderState>)], seed: u64) -> usize {
-    stream::iter(plan)
-        .for_each_concurrent(CONCURRENCY, |(name, customer, qty, _)| {
-            s.order(name, customer, *qty, OrderState::Requested)
-        })
-        .await;
-    // Each order's steps stay in order; orders interleave.
-    let mut rng = Rng(seed ^ 0x5eed);
-    let mut queues: Vec<(usize, usize)> = plan
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| !p.3.is_empty())
-        .map(|(i, _)| (i, 0))
-        .collect();
-    let mut sequence = Vec::new();
-    while !queues.is_empty() {
-        let pick = rng.below(queues.len() as u64) as usize;
-        let (order, step) = queues[pick];
-        sequence.push((order, plan[order].3[step]));
-        if step + 1 == plan[order].3.len() {
-            queues.swap_remove(pick);
-        } else {
-            queues[pick].1 += 1;
-        }
-    }
-    // Steps of one order must not overtake each other: run each wave of "first steps", then
-    // "second steps".
-    let waves: Vec<Vec<(usize, OrderState)>> = {
-        let mut seen: HashMap<usize, usize> = HashMap::new();
-        let mut waves: Vec<Vec<_>> = vec![Vec::new(), Vec::new()];
-        for (order, state) in &sequence {
-            let n = seen.entry(*order).or_default();
-            waves[*n].push((*order, *state));
-            *n += 1;
-        }
-        waves
-    };
-    for wave in &waves {
-        stream::iter(wave)
-            .for_each_concurrent(CONCURRENCY, |(order, state)| {
-                s.set_state(&plan[*order].0, *state)
-            })
-            .await;
-    }
-    plan.len() + sequence.len()
-}
-
-/// Watches Customers and Orders of a namespace and records every status that breaks an
-/// invariant: a level that disagrees with its score, a negative score, a snapshot that changed.
-struct Invariants {
-    violations: Arc<Mutex<Vec<String>>>,
-    statuses_seen: Arc<Mutex<usize>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Invariants {
-    fn watch(s: &Scenario, policy: LevelPolicy) -> Self {
-        let violations = Arc::new(Mutex::new(Vec::new()));
-        let statuses_seen = Arc::new(Mutex::new(0));
-        let customers = {
-            let (violations, seen) = (violations.clone(), statuses_seen.clone());
-            let stream = watcher(s.customers(), watcher::Config::default())
-                .default_backoff()
-                .applied_objects();
-            tokio::spawn(async move {
-                let mut stream = std::pin::pin!(stream);
-                while let Ok(Some(customer)) = stream.try_next().await {
-                    let Some(status) = customer.status.as_ref() else {
-                        continue;
-                    };
-                    *seen.lock().unwrap() += 1;
-                    let name = customer.metadata.name.clone().unwrap_or_default();
-                    if status.score < 0 {
-                        violations
-                            .lock()
-                            .unwrap()
-                            .push(format!("customer {name}: negative score {}", status.score));
-                    }
-                    if status
-                        .level
-                        .as_deref()
-                        .is_some_and(|level| level != policy.level_for(status.score))
-                    {
-                        violations.lock().unwrap().push(format!(
-                            "customer {name}: level {:?} with score {}",
-                            status.level, status.score
-                        ));
-                    }
-                }
-            })
-        };
-        let orders = {
-            let (violations, seen) = (violations.clone(), statuses_seen.clone());
-            let stream = watcher(s.orders(), watcher::Config::default())
-                .default_backoff()
-                .applied_objects();
-            tokio::spawn(async move {
-                let mut snapshots: HashMap<String, String> = HashMap::new();
-                let mut stream = std::pin::pin!(stream);
-                while let Ok(Some(order)) = stream.try_next().await {
-                    let Some(level) = order.status.as_ref().and_then(|s| s.customer_level.clone())
-                    else {
-                        continue;
-                    };
-                    *seen.lock().unwrap() += 1;
-                    // Keyed by uid: an order deleted and created again is a new order.
-                    let key = order.metadata.uid.clone().unwrap_or_default();
-                    if level == MISSING_CUSTOMER_LEVEL {
-                        if let Some(taken) = snapshots.get(&key) {
-                            violations
-                                .lock()
-                                .unwrap()
-                                .push(format!("order {key}: snapshot {taken} went back to Iron"));
-                        }
-                        continue;
-                    }
-                    match snapshots.get(&key) {
-                        Some(taken) if *taken != level => violations
-                            .lock()
-                            .unwrap()
-                            .push(format!("order {key}: snapshot changed {taken} -> {level}")),
-                        Some(_) => {}
-                        None => {
-                            snapshots.insert(key, level);
-                        }
-                    }
-                }
-            })
-        };
-        Invariants {
-            violations,
-            statuses_seen,
-            tasks: vec![customers, orders],
-        }
-    }
-
-    fn finish(self) -> (Vec<String>, usize) {
-        for task in &self.tasks {
-            task.abort();
-        }
-        let violations = self.violations.lock().unwrap().clone();
-        let seen = *self.statuses_seen.lock().unwrap();
-        (violations, seen)
-    }
-}
-
-/// Waits until every Customer of the namespace has the status an independent computation from
-/// the stored Orders gives, and every Order's phase is its spec.state. Returns the mismatches
-/// left at the deadline (none on success) and the number of customers checked.
-async fn converge_exactly(s: &Scenario, policy: &LevelPolicy) -> (Vec<String>, usize) {
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        let mismatches = mismatches(s, policy).await;
-        if mismatches.0.is_empty() || Instant::now() > deadline {
-            return mismatches;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn mismatches(s: &Scenario, policy: &LevelPolicy) -> (Vec<String>, usize) {
-    let orders = s.orders().list(&ListParams::default()).await.unwrap().items;
-    let customers = s
-        .customers()
-        .list(&ListParams::default())
+/// Customers of the plan first; returns a driver for the rest.
+async fn prepare(shop: &Shop, plan: &Plan) -> Driver {
+    let driver = Driver::new(&shop.admin, &shop.ns, CONCURRENCY);
+    driver
+        .create_customers(plan)
         .await
-        .unwrap()
-        .items;
-    let mut by_customer: BTreeMap<String, Vec<(Option<OrderState>, i64)>> = BTreeMap::new();
-    let mut problems = Vec::new();
-    for order in &orders {
-        let name = order.metadata.name.clone().unwrap_or_default();
-        let phase = order.status.as_ref().and_then(|s| s.phase);
-        if phase != Some(order.spec.state) {
-            problems.push(format!(
-                "order {name}: phase {phase:?}, state {:?}",
-                order.spec.state
-            ));
-        }
-        // The truth is what users asked for: spec.state.
-        by_customer
-            .entry(order.spec.customer.clone())
-            .or_default()
-            .push((Some(order.spec.state), i64::from(order.spec.quantity)));
-    }
-    for customer in &customers {
-        let name = customer.metadata.name.clone().unwrap_or_default();
-        let tally = Tally::of(by_customer.get(&name).cloned().unwrap_or_default());
-        let status = customer.status.clone().unwrap_or_default();
-        let got = (
-            status.score,
-            status.level.clone(),
-            status.completed_orders,
-            status.canceled_orders,
-            status.open_orders,
-        );
-        let want = (
-            tally.score,
-            Some(policy.level_for(tally.score).to_owned()),
-            tally.completed,
-            tally.canceled,
-            tally.open,
-        );
-        if got != want {
-            problems.push(format!(
-                "customer {name}: status {got:?}, expected {want:?}"
-            ));
-        }
-    }
-    (problems, customers.len())
+        .expect("create the customers");
+    driver
+}
+
+/// Plays the plan's orders in the background; resolves to the number of order transitions.
+fn load(shop: &Shop, plan: &Plan) -> tokio::task::JoinHandle<usize> {
+    let driver = Driver::new(&shop.admin, &shop.ns, CONCURRENCY);
+    let plan = plan.clone();
+    tokio::spawn(async move {
+        driver.play(&plan).await.expect("the load runs");
+        plan.transitions()
+    })
 }
 
 fn report(
     what: &str,
     transitions: usize,
-    checked: usize,
-    violations: &[String],
-    mismatches: &[String],
-    seen: usize,
+    (mismatches, checked): &(Vec<String>, usize),
+    (violations, seen): &(Vec<String>, usize),
 ) {
     println!(
         "{what}: {transitions} order transitions, {checked} customers checked, {seen} statuses watched, {} invariant violations, {} mismatches",
@@ -316,69 +85,83 @@ fn report(
     );
 }
 
-#[tokio::test]
+fn replica(identity: &Identity, name: &str, ns: &str, lease_ns: &str) -> OperatorProcess {
+    Launch::new(
+        operator_bin!(),
+        &ControlPlane::shared().kubeconfig_as(identity),
+    )
+    .args([
+        "--namespace",
+        ns,
+        "--lease-namespace",
+        lease_ns,
+        "--identity",
+        name,
+    ])
+    .spawn()
+}
+
+/// Which of `replicas` reports that it leads, once one does.
+async fn leader_of(replicas: &[OperatorProcess]) -> usize {
+    eventually(Duration::from_secs(40), "a leader", || async {
+        for (i, replica) in replicas.iter().enumerate() {
+            if replica.probe().is_leader().await == Some(true) {
+                return Some(i);
+            }
+        }
+        None
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn operator_killed_again_and_again_under_load_ends_exact() {
-    let _shared = APISERVER.read().await;
-    let (customers, orders) = (40 * scale(), 1200 * scale());
-    let seed = 7;
-    let mut s = Scenario::start("crash", &[]).await;
+    let _shared = CONTROL_PLANE.read().await;
+    let shop = Shop::new("crash").await;
+    let identity = shop.identity("operator").await;
     let policy = LevelPolicy::default();
-    let invariants = Invariants::watch(&s, policy.clone());
-    for c in 0..customers {
-        s.customer(&format!("c{c}")).await;
-    }
-    s.order("lonely", "nobody-here", 3, OrderState::Completed)
+    let invariants = Invariants::watch(shop.customers(), shop.orders(), policy.clone());
+    let plan = Plan::new(40 * scale(), 1200 * scale(), 7);
+    prepare(&shop, &plan).await;
+    shop.order("lonely", "nobody-here", 3, OrderState::Completed)
         .await;
 
-    let plan = plan(orders, customers, seed);
-    let load = {
-        let s2 = s.clone_without_operator();
-        let plan = plan.clone();
-        tokio::spawn(async move { drive(&s2, &plan, seed).await })
-    };
+    let args = ["--no-leader-election"];
+    let mut operator = shop.operator_process(operator_bin!(), &identity, &args);
+    let load = load(&shop, &plan);
     // Meanwhile: kill the operator at random moments and start it again; users edit customers;
     // one customer is deleted and created again.
-    let mut rng = Rng(seed);
-    let mut kills = 0;
-    let mut edits = 0;
+    let mut rng = reserve_testkit::workload::Rng::new(7);
+    let (mut kills, mut edits) = (0, 0);
     while !load.is_finished() || kills < 3 {
         tokio::time::sleep(Duration::from_millis(300 + rng.below(1200))).await;
-        let mut operator = s.operator.take().expect("operator running");
         operator.kill();
         kills += 1;
-        s.start_operator(&[]);
-        let victim = format!("c{}", rng.below(customers as u64));
+        operator = shop.operator_process(operator_bin!(), &identity, &args);
+        let victim = &plan.customers[rng.below(plan.customers.len() as u64) as usize];
         let patch = serde_json::json!({
             "metadata": { "labels": { "tier": format!("t{kills}") }, "annotations": { "note": format!("edit {kills}") } },
             "spec": { "displayName": format!("Edited {kills}") },
         });
-        s.customers()
-            .patch(&victim, &PatchParams::default(), &Patch::Merge(&patch))
+        shop.customers()
+            .patch(victim, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .unwrap();
         edits += 1;
         if kills == 2 {
-            s.delete_customer("c0").await;
+            shop.delete_customer(&plan.customers[0]).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
-            s.customer("c0").await;
+            shop.customer(&plan.customers[0]).await;
         }
     }
     let transitions = load.await.unwrap();
-    let (mismatches, checked) = converge_exactly(&s, &policy).await;
+    let exact = shop.converge(&policy, CONVERGE).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (violations, seen) = invariants.finish();
     println!("kills survived: {kills}, user edits: {edits}");
-    report(
-        "crash test",
-        transitions,
-        checked,
-        &violations,
-        &mismatches,
-        seen,
-    );
+    report("crash test", transitions, &exact, &invariants.finish());
 
     // Every user edit is still there: the operator writes only status.
-    let edited: Vec<Customer> = s
+    let edited: Vec<Customer> = shop
         .customers()
         .list(&ListParams::default())
         .await
@@ -405,46 +188,66 @@ async fn operator_killed_again_and_again_under_load_ends_exact() {
             Some(format!("Edited {n}").as_str())
         );
     }
-    // An order whose customer never exists stays Iron and says so; it blocked nothing.
-    let lonely = s.orders().get("lonely").await.unwrap().status.unwrap();
+    // An order whose customer never exists stays Iron, accepted, and says why; it blocked nothing.
+    let lonely = shop.orders().get("lonely").await.unwrap().status.unwrap();
     assert_eq!(
         lonely.customer_level.as_deref(),
         Some(MISSING_CUSTOMER_LEVEL)
     );
-    assert_eq!(lonely.conditions[0].reason, "CustomerNotFound");
-    let writes: Vec<_> = s.operator_requests().into_iter().filter(is_write).collect();
     assert!(
-        writes
+        lonely
+            .conditions
             .iter()
-            .all(|w| w.subresource.as_deref() == Some("status") || w.resource == "events"),
-        "the operator wrote something other than a status: {:?}",
-        writes
-            .iter()
-            .find(|w| w.subresource.as_deref() != Some("status") && w.resource != "events")
+            .any(|c| c.reason == "CustomerNotFound" && c.status == "False"),
+        "{lonely:?}"
+    );
+    let cp = ControlPlane::shared();
+    if !cp.is_local() {
+        return;
+    }
+    let writes: Vec<_> = cp
+        .audit()
+        .into_iter()
+        .filter(|e| e.user() == identity.user && e.is_complete() && e.is_write())
+        .collect();
+    let other = writes.iter().find(|w| {
+        w.object_ref.subresource.as_deref() != Some("status") && w.object_ref.resource != "events"
+    });
+    assert!(
+        other.is_none(),
+        "the operator wrote something other than a status: {other:?}"
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn api_server_restart_under_load_recovers_without_restarting_the_operator() {
-    let cp = ControlPlane::get();
+    let cp = ControlPlane::shared();
     if cp.skip_unless_local("restarting the API server") {
         return;
     }
-    let _alone = APISERVER.write().await;
-    let (customers, orders) = (30 * scale(), 600 * scale());
-    let mut s = Scenario::start("restart", &[]).await;
+    let _alone = CONTROL_PLANE.write().await;
+    let shop = Shop::new("restart").await;
+    let identity = shop.identity("operator").await;
     let policy = LevelPolicy::default();
-    for c in 0..customers {
-        s.customer(&format!("c{c}")).await;
-    }
-    let plan = plan(orders, customers, 11);
+    let mut operator = shop.operator_process(operator_bin!(), &identity, &["--no-leader-election"]);
+    let plan = Plan::new(30 * scale(), 600 * scale(), 11);
+    let driver = prepare(&shop, &plan).await;
     // The first half of the orders before the outage, the rest after.
-    let (before, after) = plan.split_at(orders / 2);
-    let mut transitions = drive(&s, before, 11).await;
+    let (before, after) = plan.orders.split_at(plan.orders.len() / 2);
+    let first = Plan {
+        orders: before.to_vec(),
+        ..plan.clone()
+    };
+    let second = Plan {
+        orders: after.to_vec(),
+        ..plan.clone()
+    };
+    driver.play(&first).await.expect("the first half");
+    let probe = operator.probe().clone();
     eventually(
         Duration::from_secs(30),
         "the operator to be ready",
-        || async { (s.probe("/readyz").await?.0 == 200).then_some(()) },
+        || async { probe.is_ready().await.then_some(()) },
     )
     .await;
 
@@ -455,144 +258,145 @@ async fn api_server_restart_under_load_recovers_without_restarting_the_operator(
         Duration::from_secs(30),
         "/readyz to report the outage",
         || async {
-            let (code, body) = s.probe("/readyz").await?;
+            let (code, body) = probe.get("/readyz").await?;
             (code == 503).then_some(body)
         },
     )
     .await;
     println!("during the outage /readyz said: {}", unready.trim());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    cp.start_apiserver();
+    cp.start_apiserver().expect("kube-apiserver starts again");
     println!("API server was down for {:?}", outage.elapsed());
 
-    transitions += drive(&s, after, 12).await;
-    let (mismatches, checked) = converge_exactly(&s, &policy).await;
+    driver.play(&second).await.expect("the second half");
+    let exact = shop.converge(&policy, CONVERGE).await;
     eventually(Duration::from_secs(60), "/readyz to recover", || async {
-        (s.probe("/readyz").await?.0 == 200).then_some(())
+        probe.is_ready().await.then_some(())
     })
     .await;
-    let operator = s.operator.as_mut().unwrap();
     assert!(
         operator.running(),
-        "the operator must survive an API server restart:\n{}",
-        operator.logs()
+        "the operator must survive an API server restart"
     );
     assert!(!operator.logs().contains("panicked"), "{}", operator.logs());
     println!("restarts survived: 1");
     report(
         "API server restart",
-        transitions,
-        checked,
-        &[],
-        &mismatches,
-        0,
+        plan.transitions(),
+        &exact,
+        &(Vec::new(), 0),
     );
 }
 
-#[tokio::test]
-async fn leader_killed_under_load_hands_over_and_ends_exact() {
-    let _shared = APISERVER.read().await;
-    let cp = ControlPlane::get();
-    let (customers, orders) = (30 * scale(), 800 * scale());
-    // Two replicas, each with its own identity so the audit log tells them apart.
-    let mut s = Scenario::start("leaders", &[]).await;
-    s.operator.take();
-    let lease_ns = fresh_namespace(&s.admin, "lease").await;
-    let mut replicas = Vec::new();
-    for name in ["a", "b"] {
-        let user = format!("{}-{name}", s.user);
-        grant_cluster_admin(&user);
-        let port = free_port();
-        let process = OperatorProcess::spawn(
-            &cp.kubeconfig_as(&user, &[]),
-            &[
-                "run",
-                "--namespace",
-                &s.ns,
-                "--lease-namespace",
-                &lease_ns,
-                "--identity",
-                name,
-                "--probe-addr",
-                &format!("127.0.0.1:{port}"),
-            ],
-        );
-        replicas.push((user, port, process));
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_stopped_under_load_makes_the_operator_unready_until_it_is_back() {
+    let cp = ControlPlane::shared();
+    if cp.skip_unless_local("stopping etcd") {
+        return;
     }
+    let _alone = CONTROL_PLANE.write().await;
+    let shop = Shop::new("etcd").await;
+    let identity = shop.identity("operator").await;
     let policy = LevelPolicy::default();
-    let invariants = Invariants::watch(&s, policy.clone());
-    for c in 0..customers {
-        s.customer(&format!("c{c}")).await;
-    }
-    let plan = plan(orders, customers, 23);
-    let load = {
-        let s2 = s.clone_without_operator();
-        let plan = plan.clone();
-        tokio::spawn(async move { drive(&s2, &plan, 23).await })
-    };
-    // Find the leader, then kill it mid-load.
-    let probes: Vec<Scenario> = replicas
-        .iter()
-        .map(|r| Scenario {
-            probe_port: r.1,
-            ..s.clone_without_operator()
-        })
-        .collect();
-    let leader = eventually(Duration::from_secs(30), "a leader", || {
-        let probes = &probes;
-        async move {
-            for (i, probe) in probes.iter().enumerate() {
-                if probe.metric("reserve_leader").await == Some(1.0) {
-                    return Some(i);
-                }
-            }
-            None
-        }
+    let operator = shop.operator_process(operator_bin!(), &identity, &["--no-leader-election"]);
+    let probe = operator.probe().clone();
+    let plan = Plan::new(30 * scale(), 600 * scale(), 13);
+    prepare(&shop, &plan).await;
+    eventually(
+        Duration::from_secs(30),
+        "the operator to be ready",
+        || async { probe.is_ready().await.then_some(()) },
+    )
+    .await;
+    let load = load(&shop, &plan);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let stopped = Instant::now();
+    cp.stop_etcd();
+    let unready = eventually(
+        Duration::from_secs(30),
+        "/readyz to name the failing writes",
+        || async {
+            let (code, body) = probe.get("/readyz").await?;
+            (code == 503 && body.contains("status writes failing")).then_some(body)
+        },
+    )
+    .await;
+    println!(
+        "{:.1}s after etcd stopped, /readyz said: {}",
+        stopped.elapsed().as_secs_f64(),
+        unready.trim()
+    );
+    tokio::time::sleep(Duration::from_secs(15).saturating_sub(stopped.elapsed())).await;
+    cp.start_etcd().expect("etcd starts again");
+    let down = stopped.elapsed();
+    let restarted = Instant::now();
+    eventually(Duration::from_secs(90), "/readyz to recover", || async {
+        probe.is_ready().await.then_some(())
     })
     .await;
+    println!(
+        "etcd was down for {:.1}s; /readyz was 200 again {:.1}s after it came back",
+        down.as_secs_f64(),
+        restarted.elapsed().as_secs_f64()
+    );
+    let transitions = load.await.unwrap();
+    let exact = shop.converge(&policy, CONVERGE).await;
+    report("etcd stopped", transitions, &exact, &(Vec::new(), 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_killed_under_load_hands_over_and_ends_exact() {
+    let _shared = CONTROL_PLANE.read().await;
+    let cp = ControlPlane::shared();
+    let shop = Shop::new("leaders").await;
+    let lease_ns = shop.beside("lease").await.ns;
+    let mut identities = Vec::new();
+    for name in ["a", "b"] {
+        let identity = shop.identity(name).await;
+        grant_lease(&shop.admin, &lease_ns, &identity).await;
+        identities.push(identity);
+    }
+    let mut replicas: Vec<OperatorProcess> = identities
+        .iter()
+        .zip(["a", "b"])
+        .map(|(identity, name)| replica(identity, name, &shop.ns, &lease_ns))
+        .collect();
+    let policy = LevelPolicy::default();
+    let invariants = Invariants::watch(shop.customers(), shop.orders(), policy.clone());
+    let plan = Plan::new(30 * scale(), 800 * scale(), 23);
+    prepare(&shop, &plan).await;
+    let load = load(&shop, &plan);
+    let leader = leader_of(&replicas).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    replicas[leader].2.kill();
+    replicas[leader].kill();
     let killed_at = Instant::now();
-    let survivor = 1 - leader;
-    let probe = &probes[survivor];
+    let survivor = replicas[1 - leader].probe().clone();
     eventually(
         Duration::from_secs(40),
         "the standby to take over",
-        || async { (probe.metric("reserve_leader").await == Some(1.0)).then_some(()) },
+        || async { (survivor.is_leader().await == Some(true)).then_some(()) },
     )
     .await;
     println!("SIGKILLed leader replaced after {:?}", killed_at.elapsed());
 
     let transitions = load.await.unwrap();
-    let (mismatches, checked) = converge_exactly(&s, &policy).await;
-    let (violations, seen) = invariants.finish();
-    report(
-        "leader killed",
-        transitions,
-        checked,
-        &violations,
-        &mismatches,
-        seen,
-    );
-
+    let exact = shop.converge(&policy, CONVERGE).await;
+    report("leader killed", transitions, &exact, &invariants.finish());
+    if !cp.is_local() {
+        return;
+    }
     // Status writes come from one identity at a time: the writer changes at most once.
-    let users: Vec<String> = replicas.iter().map(|r| r.0.clone()).collect();
     let writers: Vec<String> = cp
         .audit()
         .into_iter()
-        .filter(|e| {
-            users.contains(&e.user)
-                && e.subresource.as_deref() == Some("status")
-                && e.verb == "patch"
-                && e.stage == "ResponseComplete"
-        })
-        .map(|e| e.user)
+        .filter(|e| identities.iter().any(|i| i.user == e.user()) && e.is_status_write())
+        .map(|e| e.user().to_owned())
         .collect();
     let switches = writers.windows(2).filter(|w| w[0] != w[1]).count();
     println!(
-        "status writes: {} ({} writer switches)",
-        writers.len(),
-        switches
+        "status writes: {} ({switches} writer switches)",
+        writers.len()
     );
     assert!(
         switches <= 1,
@@ -600,63 +404,172 @@ async fn leader_killed_under_load_hands_over_and_ends_exact() {
     );
 }
 
-#[tokio::test]
+/// The leader is paused (SIGSTOP) for longer than its Lease under load; the standby takes over;
+/// the old leader is resumed (SIGCONT) and believes for a moment that it still leads. The API
+/// server accepts no status write from it after the new leader's first, it publishes no Event,
+/// and every status is exact soon after the load ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_leader_resumed_after_a_hand_over_writes_nothing() {
+    let cp = ControlPlane::shared();
+    if cp.skip_unless_local("reading the audit log") {
+        return;
+    }
+    let _shared = CONTROL_PLANE.read().await;
+    let shop = Shop::new("paused").await;
+    let lease_ns = shop.beside("lease").await.ns;
+    let names = ["first", "second"];
+    let mut identities = Vec::new();
+    for name in names {
+        let identity = shop.identity(name).await;
+        grant_lease(&shop.admin, &lease_ns, &identity).await;
+        identities.push(identity);
+    }
+    let replicas: Vec<OperatorProcess> = identities
+        .iter()
+        .zip(names)
+        .map(|(identity, name)| replica(identity, name, &shop.ns, &lease_ns))
+        .collect();
+    let policy = LevelPolicy::default();
+    let invariants = Invariants::watch(shop.customers(), shop.orders(), policy.clone());
+    // Enough load to last through the pause and the hand-over.
+    let plan = Plan::new(20 * scale(), 1500 * scale(), 29);
+    let driver = prepare(&shop, &plan).await;
+    let leader = leader_of(&replicas).await;
+    let (old, new) = (&replicas[leader], &replicas[1 - leader]);
+    let (old_user, new_user) = (&identities[leader].user, &identities[1 - leader].user);
+    let load = load(&shop, &plan);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    old.signal(libc::SIGSTOP);
+    let paused = Instant::now();
+    let new_probe = new.probe().clone();
+    eventually(
+        Duration::from_secs(60),
+        "the standby to take over",
+        || async { (new_probe.is_leader().await == Some(true)).then_some(()) },
+    )
+    .await;
+    let took_over = paused.elapsed();
+    // The load goes on under the new leader, then the old one wakes up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    old.signal(libc::SIGCONT);
+    let resumed = paused.elapsed();
+    let old_probe = old.probe().clone();
+    eventually(
+        Duration::from_secs(30),
+        "the old leader to step down",
+        || async { (old_probe.is_leader().await == Some(false)).then_some(()) },
+    )
+    .await;
+    let transitions = load.await.unwrap();
+    let last_write = Instant::now();
+    // More changes after the hand-over, while the old leader is awake again.
+    let refunds: Vec<(&str, OrderState)> = plan
+        .orders
+        .iter()
+        .filter(|o| o.fate.final_state() == OrderState::Completed)
+        .take(20)
+        .map(|o| (o.name.as_str(), OrderState::Canceled))
+        .collect();
+    driver.set_states(&refunds).await.expect("refunds");
+    let exact = shop.converge(&policy, Duration::from_secs(5)).await;
+    println!(
+        "paused leader: standby took over {:.1}s after the pause, old leader resumed after {:.1}s, exact {:.1}s after the last load write",
+        took_over.as_secs_f64(),
+        resumed.as_secs_f64(),
+        last_write.elapsed().as_secs_f64()
+    );
+    report(
+        "paused leader",
+        transitions + refunds.len(),
+        &exact,
+        &invariants.finish(),
+    );
+
+    // From the audit log: once the new leader has written, nothing from the old one lands.
+    let audit = cp.audit();
+    let in_shop = |e: &&reserve_testkit::audit::AuditEvent| e.in_namespace(&shop.ns);
+    let first_new = audit
+        .iter()
+        .filter(in_shop)
+        .find(|e| e.user() == *new_user && e.is_status_write())
+        .map(|e| e.stage_timestamp)
+        .expect("the new leader wrote statuses");
+    let late: Vec<_> = audit
+        .iter()
+        .filter(in_shop)
+        .filter(|e| e.user() == *old_user && e.is_status_write() && e.stage_timestamp > first_new)
+        .collect();
+    let refused = audit
+        .iter()
+        .filter(in_shop)
+        .filter(|e| {
+            e.user() == *old_user
+                && e.is_complete()
+                && e.object_ref.subresource.as_deref() == Some("status")
+                && e.stage_timestamp > first_new
+                && !e.succeeded()
+        })
+        .count();
+    let withheld = old_probe
+        .metrics()
+        .await
+        .map(|m| m.sum("reserve_status_writes_withheld_total", &[]))
+        .unwrap_or_default();
+    println!(
+        "old leader after the hand-over: {} status writes accepted, {refused} refused by the API server, {withheld} withheld by its fence",
+        late.len()
+    );
+    assert!(
+        late.is_empty(),
+        "status writes by the deposed leader landed: {late:#?}"
+    );
+    // No LevelChanged Event from the old leader after the new one started writing.
+    let events: Api<Event> = Api::namespaced(shop.admin.clone(), &shop.ns);
+    let stale_events: Vec<_> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reporting_instance.as_deref() == Some(names[leader]))
+        .filter(|e| e.event_time.as_ref().is_some_and(|t| t.0 > first_new))
+        .collect();
+    assert!(
+        stale_events.is_empty(),
+        "Events from the deposed leader: {stale_events:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_missing_permission_is_reported_not_crashed_on() {
-    let _shared = APISERVER.read().await;
-    let cp = ControlPlane::get();
-    let admin = cp.client().await;
-    let ns = fresh_namespace(&admin, "denied").await;
-    let user = format!("limited-{ns}");
+    let _shared = CONTROL_PLANE.read().await;
+    let cp = ControlPlane::shared();
+    let shop = Shop::new("denied").await;
+    let identity = Identity::service_account(
+        reserve_testkit::shop::OPERATOR_NAMESPACE,
+        &format!("{}-limited", shop.ns),
+    );
     // Everything the operator needs but the permission to write Order status.
     let role = format!(
-        r#"{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{{"name":"{user}"}},"rules":[
+        r#"{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{{"name":"{0}"}},"rules":[
           {{"apiGroups":["reserve.coffeechain.io"],"resources":["customers","orders"],"verbs":["get","list","watch"]}},
           {{"apiGroups":["reserve.coffeechain.io"],"resources":["customers/status"],"verbs":["patch"]}},
-          {{"apiGroups":["events.k8s.io"],"resources":["events"],"verbs":["create"]}}]}}"#
+          {{"apiGroups":["events.k8s.io"],"resources":["events"],"verbs":["create"]}}]}}"#,
+        identity.object_name()
     );
-    assert!(
-        cp.kubectl_stdin(&["apply", "-f", "-"], &role)
-            .status
-            .success()
-    );
-    assert!(
-        cp.kubectl(&[
-            "create",
-            "clusterrolebinding",
-            &user,
-            &format!("--clusterrole={user}"),
-            &format!("--user={user}")
-        ])
-        .status
-        .success()
-    );
-    let port = free_port();
-    let mut operator = OperatorProcess::spawn(
-        &cp.kubeconfig_as(&user, &[]),
-        &[
-            "run",
-            "--no-leader-election",
-            "--namespace",
-            &ns,
-            "--probe-addr",
-            &format!("127.0.0.1:{port}"),
-        ],
-    );
-    let s = Scenario {
-        ns: ns.clone(),
-        admin: admin.clone(),
-        user,
-        kubeconfig: cp.kubeconfig().to_path_buf(),
-        operator: None,
-        probe_port: port,
-    };
-    s.customer("dora").await;
-    s.order("o1", "dora", 2, OrderState::Completed).await;
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &role);
+    assert!(out.status.success(), "{}", text(&out));
+    rbac::grant_cluster_role(&shop.admin, &identity, &identity.object_name()).await;
+    let mut operator = shop.operator_process(operator_bin!(), &identity, &["--no-leader-election"]);
+    let probe = operator.probe().clone();
+    shop.customer("dora").await;
+    shop.order("o1", "dora", 2, OrderState::Completed).await;
     let (code, body) = eventually(
         Duration::from_secs(30),
         "/readyz to report the refused permission",
         || async {
-            let (code, body) = s.probe("/readyz").await?;
+            let (code, body) = probe.get("/readyz").await?;
             body.contains("permission denied").then_some((code, body))
         },
     )
@@ -664,8 +577,8 @@ async fn a_missing_permission_is_reported_not_crashed_on() {
     assert_eq!(code, 503);
     println!("/readyz: {}", body.trim());
     assert!(body.contains("orders"), "{body}");
-    // The customer is still reconciled; its order is not accepted, so it counts as open.
-    s.expect_customer("dora", 0, "Bronze", (0, 0, 1)).await;
+    // The customer is still reconciled: its score counts the order's spec.state.
+    shop.expect_customer("dora", 2, "Bronze", (1, 0, 0)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(operator.running(), "no crash loop:\n{}", operator.logs());
     let logs = operator.logs();
@@ -677,83 +590,58 @@ async fn a_missing_permission_is_reported_not_crashed_on() {
     // Backoff: a handful of attempts in a few seconds, not a hot loop.
     let attempts = logs.matches("permission denied: the operator").count();
     assert!(attempts < 20, "{attempts} attempts in a few seconds");
-    let errors = s
-        .metric("reserve_reconcile_errors_total{controller=\"order\",error=\"forbidden\"}")
+    let errors = probe
+        .metric(
+            "reserve_reconcile_errors_total",
+            &[("controller", "order"), ("error", "forbidden")],
+        )
         .await
         .unwrap_or_default();
     assert!(errors >= 1.0);
     println!("missing permission: {attempts} refused attempts logged, operator still running");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn deleting_everything_in_a_namespace_under_load_disturbs_no_other_namespace() {
-    let _shared = APISERVER.read().await;
-    let cp = ControlPlane::get();
-    let mut doomed = Scenario::start("doomed", &[]).await;
-    doomed.operator.take();
-    let kept_ns = fresh_namespace(&doomed.admin, "kept").await;
-    let kept = Scenario {
-        ns: kept_ns.clone(),
-        ..doomed.clone_without_operator()
-    };
+    let _shared = CONTROL_PLANE.read().await;
+    let cp = ControlPlane::shared();
+    let doomed = Shop::new("doomed").await;
+    let kept = doomed.beside("kept").await;
     // One operator per namespace, under one identity with rights in these two namespaces only.
-    let user = format!("{}-ns", doomed.user);
-    for ns in [&doomed.ns, &kept_ns] {
-        let out = cp.kubectl(&[
-            "create",
-            "rolebinding",
-            &user,
-            "--clusterrole=cluster-admin",
-            &format!("--user={user}"),
-            "-n",
-            ns,
-        ]);
-        assert!(out.status.success());
+    let identity = Identity::service_account(
+        reserve_testkit::shop::OPERATOR_NAMESPACE,
+        &format!("{}-ns", doomed.ns),
+    );
+    for shop in [&doomed, &kept] {
+        rbac::grant_in_namespace(
+            &shop.admin,
+            &shop.ns,
+            &identity,
+            "ClusterRole",
+            "reserve-operator",
+        )
+        .await;
     }
-    let port = free_port();
-    let mut operators = Vec::new();
-    for ns in [&doomed.ns, &kept_ns] {
-        operators.push(OperatorProcess::spawn(
-            &cp.kubeconfig_as(&user, &[]),
-            &[
-                "run",
-                "--no-leader-election",
-                "--namespace",
-                ns,
-                "--probe-addr",
-                &format!(
-                    "127.0.0.1:{}",
-                    if operators.is_empty() {
-                        port
-                    } else {
-                        free_port()
-                    }
-                ),
-            ],
-        ));
-    }
+    let mut operators: Vec<OperatorProcess> = [&doomed, &kept]
+        .iter()
+        .map(|shop| shop.operator_process(operator_bin!(), &identity, &["--no-leader-election"]))
+        .collect();
     let policy = LevelPolicy::default();
-    for s in [&doomed, &kept] {
-        for c in 0..10 {
-            s.customer(&format!("c{c}")).await;
-        }
-    }
-    let plan = plan(300, 10, 31);
+    let plan = Plan::new(10, 300, 31);
+    prepare(&doomed, &plan).await;
+    let kept_driver = prepare(&kept, &plan).await;
     // Creations in the doomed namespace start failing once it is being deleted; that is expected.
     let doomed_load = async {
-        let created = stream::iter(&plan)
-            .map(|(name, customer, qty, _)| {
-                let order = Order::new(
-                    name,
-                    reserve_operator::crd::OrderSpec {
-                        customer: customer.clone(),
-                        product: "Tea".into(),
-                        quantity: *qty,
-                        state: OrderState::Completed,
-                    },
+        let created = stream::iter(&plan.orders)
+            .map(|order| {
+                let object = fixtures::order(
+                    &order.name,
+                    &order.customer,
+                    order.quantity,
+                    OrderState::Completed,
                 );
                 let api = doomed.orders();
-                async move { api.create(&Default::default(), &order).await.is_ok() }
+                async move { api.create(&Default::default(), &object).await.is_ok() }
             })
             .buffer_unordered(CONCURRENCY)
             .filter(|ok| std::future::ready(*ok))
@@ -761,7 +649,7 @@ async fn deleting_everything_in_a_namespace_under_load_disturbs_no_other_namespa
             .await;
         println!("orders created in the doomed namespace before it went: {created}");
     };
-    let (_, b) = tokio::join!(doomed_load, async {
+    let (_, ()) = tokio::join!(doomed_load, async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let out = cp.kubectl(&[
             "delete",
@@ -771,30 +659,26 @@ async fn deleting_everything_in_a_namespace_under_load_disturbs_no_other_namespa
             &doomed.ns,
             "--wait=false",
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", text(&out));
         let out = cp.kubectl(&["delete", "namespace", &doomed.ns, "--wait=false"]);
-        assert!(out.status.success());
-        drive(&kept, &plan, 32).await
+        assert!(out.status.success(), "{}", text(&out));
+        kept_driver
+            .play(&plan)
+            .await
+            .expect("the load of the kept namespace");
     });
-    let (mismatches, checked) = converge_exactly(&kept, &policy).await;
+    let exact = kept.converge(&policy, CONVERGE).await;
     report(
         "namespace deleted under load",
-        b,
-        checked,
-        &[],
-        &mismatches,
-        0,
+        plan.transitions(),
+        &exact,
+        &(Vec::new(), 0),
     );
     for operator in &mut operators {
         assert!(operator.running(), "{}", operator.logs());
     }
-    let orders: Api<Order> = Api::namespaced(kept.admin.clone(), &kept.ns);
     assert_eq!(
-        orders
+        kept.orders()
             .list(&ListParams::default())
             .await
             .unwrap()

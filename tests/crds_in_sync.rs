@@ -44,6 +44,9 @@ fn crds_carry_every_validation_rule() {
         "- cust",
         "- ord",
         "scope: Namespaced",
+        "selectableFields:\n    - jsonPath: .spec.customer\n    - jsonPath: .spec.state",
+        "default:\n              observedGeneration: 0",
+        "jsonPath: .status.pointsToNextLevel",
     ] {
         assert!(yaml.contains(needle), "CRDs lack {needle:?}");
     }

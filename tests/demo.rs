@@ -10,29 +10,47 @@ fn final_customers(output: &str) -> Vec<(String, String, String)> {
         .lines()
         .filter_map(|line| line.strip_prefix("customer.reserve.coffeechain.io/"))
         .map(|row| {
-            // NAME, DISPLAY NAME (two words), SCORE, LEVEL, COMPLETED, READY, AGE
+            // NAME, DISPLAY NAME (two words), SCORE, LEVEL, TO NEXT, COMPLETED, READY, AGE
             let cols: Vec<&str> = row.split_whitespace().collect();
             let n = cols.len();
             (
                 cols[0].to_owned(),
+                cols[n - 6].to_owned(),
                 cols[n - 5].to_owned(),
-                cols[n - 4].to_owned(),
             )
         })
         .collect()
 }
 
+/// `reserve-cluster`, built beside this test by `cargo test --workspace` (`make test`).
+fn cluster_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps")
+        .join("reserve-cluster");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` (make test)",
+        bin.display()
+    );
+    bin
+}
+
 #[test]
 fn demo_shows_customers_reaching_their_levels() {
     let repo = env!("CARGO_MANIFEST_DIR");
-    let state = tempfile::tempdir().unwrap();
+    let state = reserve_testkit::watchdog().unique_path("demo", "");
+    std::fs::create_dir_all(&state).unwrap();
     let output = Command::new("bash")
         .arg(format!("{repo}/hack/demo.sh"))
         .env(
             "RESERVE_OPERATOR_BIN",
             env!("CARGO_BIN_EXE_reserve-operator"),
         )
-        .env("RESERVE_CLUSTER_DIR", state.path().join("cluster"))
+        .env("RESERVE_CLUSTER_BIN", cluster_bin())
+        .env("RESERVE_CLUSTER_DIR", state.join("cluster"))
         .env_remove("KEEP")
         .output()
         .expect("hack/demo.sh runs");
@@ -67,11 +85,11 @@ fn demo_shows_customers_reaching_their_levels() {
     // Nothing left running: the control plane's state directory is gone with its pid files,
     // and no process still uses it.
     assert!(
-        !state.path().join("cluster").exists(),
+        !state.join("cluster").exists(),
         "the demo left its control plane directory behind"
     );
     let leftovers = Command::new("pgrep")
-        .args(["-f", &state.path().to_string_lossy()])
+        .args(["-f", &state.to_string_lossy()])
         .output()
         .unwrap();
     assert!(

@@ -1,52 +1,43 @@
-//! Running the operator like in production (issue 5): the kustomize base in
-//! `manifests/operator/` installs, its ServiceAccount can do exactly what the operator needs
-//! (nothing more, no 403 in a real run), leader election hands over on SIGKILL and SIGTERM, and
-//! the probe endpoints answer.
+//! Running the operator like in production: the kustomize base in `manifests/operator/`
+//! installs, its ServiceAccount can do exactly what the operator needs (nothing more, no 403 in
+//! a real run), leader election hands over on SIGKILL and SIGTERM, and the probe endpoints
+//! answer. The operator runs as its own process here.
 //!
 //! Every test uses its own namespaces and runs operators restricted to them (`--namespace`), so
 //! the tests can share the control plane and run in parallel.
 
-mod support;
-
-use k8s_openapi::api::rbac::v1::{
-    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
+use kube::Api;
+use kube::api::PostParams;
+use reserve_operator::{crd::OrderState, leader::LEASE_SECONDS};
+use reserve_testkit::{
+    ControlPlane, Identity, Launch, OperatorProcess,
+    audit::AuditEvent,
+    control_plane::text,
+    eventually, fixtures, operator_bin,
+    shop::{
+        LEASE_ROLE, OPERATOR_NAMESPACE, OPERATOR_ROLE, fresh_namespace, grant_lease,
+        operator_identity,
+    },
 };
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
-use kube::config::Kubeconfig;
-use kube::{Api, Client};
-use reserve_operator::crd::{Customer, CustomerSpec, Order, OrderSpec, OrderState};
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use support::{AuditEvent, ControlPlane, OperatorProcess, eventually, fresh_namespace};
 
 const BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/operator");
-const SYSTEM_NS: &str = "reserve-system";
+const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/crds");
+const SYSTEM_NS: &str = OPERATOR_NAMESPACE;
 const SA: &str = "reserve-operator";
 const SA_USER: &str = "system:serviceaccount:reserve-system:reserve-operator";
-const CLUSTER_ROLE: &str = "reserve-operator";
-const LEASE_ROLE: &str = "reserve-operator-leader-election";
-/// The operator's lease duration (`leader::LEASE_SECONDS`).
-const LEASE_SECONDS: u64 = 15;
+const CLUSTER_ROLE: &str = OPERATOR_ROLE;
 
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// `kubectl apply -k manifests/operator` for real, once per test binary.
 fn install() -> &'static ControlPlane {
     static INSTALLED: OnceLock<()> = OnceLock::new();
-    let cp = ControlPlane::get();
+    let cp = ControlPlane::shared();
     INSTALLED.get_or_init(|| {
         let out = cp.kubectl(&["apply", "-k", BASE]);
         assert!(out.status.success(), "apply -k {BASE}: {}", text(&out));
@@ -59,78 +50,13 @@ fn install() -> &'static ControlPlane {
     cp
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A plain HTTP/1.1 GET against the probe server: (status code, body). Blocking, but short
-/// (loopback, 2 s timeouts).
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let timeout = Duration::from_secs(2);
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    stream.set_write_timeout(Some(timeout)).ok()?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
-}
-
-/// `reserve_leader` from `/metrics`, if the process answers.
-async fn leader_gauge(port: u16) -> Option<i64> {
-    let (code, body) = http_get(port, "/metrics").await?;
-    if code != 200 {
-        return None;
-    }
-    body.lines()
-        .find_map(|l| l.strip_prefix("reserve_leader "))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-fn customer(name: &str) -> Customer {
-    Customer::new(
-        name,
-        CustomerSpec {
-            display_name: Some(format!("Customer {name}")),
-        },
-    )
-}
-
-fn order(name: &str, customer: &str, quantity: i32, state: OrderState) -> Order {
-    Order::new(
-        name,
-        OrderSpec {
-            customer: customer.into(),
-            product: "Americano".into(),
-            quantity,
-            state,
-        },
-    )
-}
-
-async fn complete(orders: &Api<Order>, name: &str) {
-    orders
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"state": "Completed"}})),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("complete order {name}: {e}"));
-}
-
 /// Waits until the customer's status shows `score` and `level`.
-async fn wait_for_score(customers: &Api<Customer>, name: &str, score: i64, level: &str) {
+async fn wait_for_score(
+    customers: &Api<reserve_operator::crd::Customer>,
+    name: &str,
+    score: i64,
+    level: &str,
+) {
     let what = format!("customer {name} with score {score} and level {level}");
     eventually(Duration::from_secs(30), &what, || {
         let customers = customers.clone();
@@ -148,50 +74,24 @@ fn status_patches(audit: &[AuditEvent], user: &str, namespace: &str) -> usize {
     audit
         .iter()
         .filter(|e| {
-            e.user == user
+            e.user() == user
                 && e.verb == "patch"
-                && e.api_group == "reserve.coffeechain.io"
-                && (e.resource == "customers" || e.resource == "orders")
-                && e.subresource.as_deref() == Some("status")
-                && e.namespace.as_deref() == Some(namespace)
-                && e.code.is_some_and(|c| (200..300).contains(&c))
+                && e.object_ref.api_group == "reserve.coffeechain.io"
+                && e.is_status_write()
+                && e.in_namespace(namespace)
         })
         .count()
 }
 
-/// A kubeconfig that authenticates with the bearer `token` against the test API server.
-fn token_kubeconfig(cp: &ControlPlane, token: &str, namespace: &str) -> PathBuf {
-    let admin = Kubeconfig::read_from(cp.kubeconfig()).expect("read admin kubeconfig");
-    let cluster = admin.clusters[0].cluster.clone().expect("admin cluster");
-    let server = cluster.server.expect("server");
-    let ca = cluster
-        .certificate_authority_data
-        .expect("certificate-authority-data");
-    let path = support::watchdog().unique_path("kubeconfig-sa", ".yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\ncontexts:\n- name: sa\n  context:\n    cluster: test\n    user: sa\n    namespace: {namespace}\ncurrent-context: sa\nusers:\n- name: sa\n  user:\n    token: {token}\n"
-        ),
-    )
-    .expect("write kubeconfig");
-    path
-}
-
-fn probe_arg(port: u16) -> String {
-    format!("127.0.0.1:{port}")
-}
-
-/// Dumps the operator's log when a test fails while it is in scope.
-struct LogOnPanic(&'static str, PathBuf);
-
-impl Drop for LogOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.1).unwrap_or_default();
-            eprintln!("---- log of {} ----\n{log}", self.0);
-        }
-    }
+async fn complete(orders: &Api<reserve_operator::crd::Order>, name: &str) {
+    orders
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"state": "Completed"}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("complete order {name}: {e}"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -200,13 +100,26 @@ impl Drop for LogOnPanic {
 #[tokio::test]
 async fn manifests_pass_server_side_dry_run_and_grant_exactly_the_documented_rules() {
     let cp = install();
-    let out = cp.kubectl(&["apply", "--dry-run=server", "-k", BASE]);
+    let out = cp.kubectl(&["apply", "--dry-run=server", "-k", CRDS]);
     assert!(out.status.success(), "dry run: {}", text(&out));
     let listed = String::from_utf8_lossy(&out.stdout);
     for object in [
-        "namespace/reserve-system",
         "customresourcedefinition.apiextensions.k8s.io/customers.reserve.coffeechain.io",
         "customresourcedefinition.apiextensions.k8s.io/orders.reserve.coffeechain.io",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/reserve-operator-status",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/reserve-operator-status",
+    ] {
+        assert!(listed.contains(object), "{object} missing from\n{listed}");
+    }
+    let out = cp.kubectl(&["apply", "--dry-run=server", "-k", BASE]);
+    assert!(out.status.success(), "dry run: {}", text(&out));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !listed.contains("customresourcedefinition"),
+        "the operator's base must not carry the CRDs (a prune would delete every object): {listed}"
+    );
+    for object in [
+        "namespace/reserve-system",
         "serviceaccount/reserve-operator",
         "role.rbac.authorization.k8s.io/reserve-operator-leader-election",
         "clusterrole.rbac.authorization.k8s.io/reserve-operator",
@@ -495,16 +408,12 @@ async fn operator_with_the_service_account_token_reconciles_without_a_403() {
     let out = cp.kubectl(&["create", "token", SA, "-n", SYSTEM_NS, "--duration", "1h"]);
     assert!(out.status.success(), "create token: {}", text(&out));
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let kubeconfig = token_kubeconfig(cp, &token, SYSTEM_NS);
+    let kubeconfig = cp.kubeconfig_with_token(&token, SYSTEM_NS);
 
     let admin = cp.client().await;
     let ns = fresh_namespace(&admin, "ops-sa").await;
-    let port = free_port();
-    let probe = probe_arg(port);
-    let mut operator = OperatorProcess::spawn(
-        &kubeconfig,
-        &[
-            "run",
+    let mut operator = Launch::new(operator_bin!(), &kubeconfig)
+        .args([
             "--namespace",
             &ns,
             "--leader-election",
@@ -512,46 +421,53 @@ async fn operator_with_the_service_account_token_reconciles_without_a_403() {
             SYSTEM_NS,
             "--identity",
             "sa-test",
-            "--probe-addr",
-            &probe,
             "--log-format",
             "json",
-        ],
-    );
-    let _log = LogOnPanic("the SA operator", operator.log_path().to_path_buf());
+        ])
+        .spawn();
+    let probe = operator.probe().clone();
 
     // It leads, and is ready once its caches are synced.
     eventually(
         Duration::from_secs(30),
         "the SA operator to lead",
-        || async { (leader_gauge(port).await == Some(1)).then_some(()) },
+        || async { (probe.is_leader().await == Some(true)).then_some(()) },
     )
     .await;
     eventually(
         Duration::from_secs(30),
         "/readyz 200 on the leader",
         || async {
-            let (code, body) = http_get(port, "/readyz").await?;
+            let (code, body) = probe.get("/readyz").await?;
             (code == 200 && body.trim() == "ok").then_some(())
         },
     )
     .await;
-    let (code, body) = http_get(port, "/healthz").await.expect("/healthz answers");
+    let (code, body) = probe.get("/healthz").await.expect("/healthz answers");
     assert_eq!((code, body.trim()), (200, "ok"));
 
-    let customers: Api<Customer> = Api::namespaced(admin.clone(), &ns);
-    let orders: Api<Order> = Api::namespaced(admin.clone(), &ns);
+    let customers: Api<reserve_operator::crd::Customer> = Api::namespaced(admin.clone(), &ns);
+    let orders: Api<reserve_operator::crd::Order> = Api::namespaced(admin.clone(), &ns);
     let pp = PostParams::default();
-    customers.create(&pp, &customer("alice")).await.unwrap();
+    customers
+        .create(&pp, &fixtures::customer("alice"))
+        .await
+        .unwrap();
     for (name, qty) in [("o1", 2), ("o2", 3), ("o3", 4), ("o4", 1)] {
         orders
-            .create(&pp, &order(name, "alice", qty, OrderState::Requested))
+            .create(
+                &pp,
+                &fixtures::order(name, "alice", qty, OrderState::Requested),
+            )
             .await
             .unwrap();
     }
     // An order of a customer that does not exist: an Event (Warning, CustomerNotFound).
     orders
-        .create(&pp, &order("lost", "nobody", 1, OrderState::Requested))
+        .create(
+            &pp,
+            &fixtures::order("lost", "nobody", 1, OrderState::Requested),
+        )
         .await
         .unwrap();
     wait_for_score(&customers, "alice", 0, "Bronze").await;
@@ -581,26 +497,33 @@ async fn operator_with_the_service_account_token_reconciles_without_a_403() {
     })
     .await;
     assert!(
-        lost.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "CustomerNotFound"),
+        lost.conditions.iter().any(|c| c.type_ == "CustomerFound"
+            && c.status == "False"
+            && c.reason == "CustomerNotFound"),
         "{lost:?}"
     );
 
-    // The metrics of a leader that has reconciled. (reserve_reconcile_errors_total has no
-    // series, not even HELP/TYPE, until the first error: prometheus-client omits empty families.)
-    let (code, metrics) = http_get(port, "/metrics").await.expect("/metrics answers");
-    assert_eq!(code, 200);
-    for family in [
-        "reserve_reconciles_total{controller=",
-        "reserve_reconcile_duration_seconds_bucket{",
-        "reserve_reconcile_duration_seconds_count{",
-        "reserve_status_writes_total{controller=",
-        "reserve_customers{level=\"Gold\"} 1",
-        "reserve_leader 1",
+    // The metrics of a leader that has reconciled.
+    let metrics = probe.metrics().await.expect("/metrics answers");
+    for (family, labels) in [
+        ("reserve_reconciles_total", [("controller", "customer")]),
+        (
+            "reserve_reconcile_duration_seconds",
+            [("controller", "order")],
+        ),
+        ("reserve_status_writes_total", [("controller", "order")]),
+        ("reserve_reconcile_errors_total", [("controller", "order")]),
     ] {
-        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+        assert!(
+            metrics.value(family, &labels).is_some(),
+            "{family} {labels:?} missing"
+        );
     }
+    assert_eq!(
+        metrics.value("reserve_customers", &[("level", "Gold")]),
+        Some(1.0)
+    );
+    assert_eq!(metrics.value("reserve_leader", &[]), Some(1.0));
 
     // SIGTERM: a clean exit that releases the Lease.
     operator.sigterm();
@@ -629,20 +552,11 @@ async fn operator_with_the_service_account_token_reconciles_without_a_403() {
         .into_iter()
         // Authenticated by the token (`kubectl auth can-i --as=...` of another test shows up
         // with the SA as the impersonated user, but authenticated as the admin).
-        .filter(|e| e.authenticated_user == SA_USER && e.stage == "ResponseComplete")
+        .filter(|e| e.user.username == SA_USER && e.is_complete())
         .collect();
-    let denied: Vec<&AuditEvent> = audit.iter().filter(|e| e.code == Some(403)).collect();
+    let denied: Vec<&AuditEvent> = audit.iter().filter(|e| e.code() == Some(403)).collect();
     assert!(denied.is_empty(), "403 for the operator: {denied:#?}");
-    let used: BTreeSet<String> = audit
-        .iter()
-        .map(|e| {
-            let resource = match &e.subresource {
-                Some(sub) => format!("{}/{sub}", e.resource),
-                None => e.resource.clone(),
-            };
-            format!("{}/{resource}:{}", e.api_group, e.verb)
-        })
-        .collect();
+    let used: BTreeSet<String> = audit.iter().map(AuditEvent::group_resource_verb).collect();
     eprintln!("the operator's requests (group/resource:verb): {used:#?}");
     for needed in [
         "reserve.coffeechain.io/customers:list",
@@ -683,9 +597,12 @@ async fn operator_with_the_service_account_token_reconciles_without_a_403() {
     assert!(
         audit
             .iter()
-            .filter(|e| e.resource == "leases")
-            .all(|e| e.namespace.as_deref() == Some(SYSTEM_NS)
-                && e.name.as_deref().is_none_or(|n| n == "reserve-operator")),
+            .filter(|e| e.object_ref.resource == "leases")
+            .all(|e| e.in_namespace(SYSTEM_NS)
+                && e.object_ref
+                    .name
+                    .as_deref()
+                    .is_none_or(|n| n == "reserve-operator")),
         "lease requests outside reserve-system/reserve-operator"
     );
     assert!(status_patches(&audit, SA_USER, &ns) >= 2);
@@ -694,121 +611,52 @@ async fn operator_with_the_service_account_token_reconciles_without_a_403() {
 // ---------------------------------------------------------------------------------------------
 // two replicas
 
-/// Binds `users` to the manifests' ClusterRole (cluster-wide) and to a copy of the lease Role
-/// in `lease_ns`.
-async fn bind_like_the_service_account(client: &Client, lease_ns: &str, users: &[&str]) {
-    let subjects: Vec<Subject> = users
-        .iter()
-        .map(|u| Subject {
-            kind: "User".into(),
-            name: u.to_string(),
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            ..Default::default()
-        })
-        .collect();
-    let pp = PostParams::default();
-    Api::<ClusterRoleBinding>::all(client.clone())
-        .create(
-            &pp,
-            &ClusterRoleBinding {
-                metadata: ObjectMeta {
-                    name: Some(format!("reserve-operator-test-{lease_ns}")),
-                    ..Default::default()
-                },
-                role_ref: RoleRef {
-                    api_group: Some("rbac.authorization.k8s.io".into()),
-                    kind: "ClusterRole".into(),
-                    name: CLUSTER_ROLE.into(),
-                },
-                subjects: Some(subjects.clone()),
-            },
-        )
-        .await
-        .unwrap();
-    let original = Api::<Role>::namespaced(client.clone(), SYSTEM_NS)
-        .get(LEASE_ROLE)
-        .await
-        .unwrap();
-    Api::<Role>::namespaced(client.clone(), lease_ns)
-        .create(
-            &pp,
-            &Role {
-                metadata: ObjectMeta {
-                    name: Some(LEASE_ROLE.into()),
-                    ..Default::default()
-                },
-                rules: original.rules,
-            },
-        )
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(client.clone(), lease_ns)
-        .create(
-            &pp,
-            &RoleBinding {
-                metadata: ObjectMeta {
-                    name: Some(LEASE_ROLE.into()),
-                    ..Default::default()
-                },
-                role_ref: RoleRef {
-                    api_group: Some("rbac.authorization.k8s.io".into()),
-                    kind: "Role".into(),
-                    name: LEASE_ROLE.into(),
-                },
-                subjects: Some(subjects),
-            },
-        )
-        .await
-        .unwrap();
-}
-
 struct Replica {
-    user: &'static str,
-    identity: String,
-    kubeconfig: PathBuf,
-    port: u16,
+    identity: Identity,
+    name: String,
+    ns: String,
+    lease_ns: String,
     process: OperatorProcess,
 }
 
 impl Replica {
-    fn spawn(
-        user: &'static str,
-        identity: &str,
-        kubeconfig: &Path,
-        ns: &str,
-        lease_ns: &str,
-    ) -> Self {
-        let port = free_port();
-        let probe = probe_arg(port);
-        let process = OperatorProcess::spawn(
-            kubeconfig,
-            &[
-                "run",
-                "--namespace",
-                ns,
-                "--lease-namespace",
-                lease_ns,
-                "--identity",
-                identity,
-                "--probe-addr",
-                &probe,
-            ],
-        );
+    fn spawn(identity: &Identity, name: &str, ns: &str, lease_ns: &str) -> Self {
+        let process = Launch::new(
+            operator_bin!(),
+            &ControlPlane::shared().kubeconfig_as(identity),
+        )
+        .args([
+            "--namespace",
+            ns,
+            "--lease-namespace",
+            lease_ns,
+            "--identity",
+            name,
+        ])
+        .spawn();
         Replica {
-            user,
-            identity: identity.into(),
-            kubeconfig: kubeconfig.into(),
-            port,
+            identity: identity.clone(),
+            name: name.into(),
+            ns: ns.into(),
+            lease_ns: lease_ns.into(),
             process,
         }
     }
 
+    fn restart(&self) -> Self {
+        Replica::spawn(&self.identity, &self.name, &self.ns, &self.lease_ns)
+    }
+
+    fn user(&self) -> &str {
+        &self.identity.user
+    }
+
     async fn leading(&self) -> Option<bool> {
-        leader_gauge(self.port).await.map(|g| g == 1)
+        self.process.probe().is_leader().await
     }
 
     async fn wait_up(&self) {
-        let what = format!("{} to serve /metrics", self.identity);
+        let what = format!("{} to serve /metrics", self.name);
         eventually(Duration::from_secs(30), &what, || async {
             self.leading().await.map(|_| ())
         })
@@ -818,8 +666,8 @@ impl Replica {
     fn dump(&self) {
         eprintln!(
             "---- log of {} ({}) ----\n{}",
-            self.identity,
-            self.user,
+            self.name,
+            self.user(),
             self.process.logs()
         );
     }
@@ -833,7 +681,7 @@ async fn time_to_lead(replica: &Replica, since: Instant, limit: Duration) -> Dur
         }
         if since.elapsed() > limit {
             replica.dump();
-            panic!("{} did not take over within {limit:?}", replica.identity);
+            panic!("{} did not take over within {limit:?}", replica.name);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -884,38 +732,52 @@ async fn two_replicas_hand_over_on_sigkill_and_sigterm() {
     let admin = cp.client().await;
     let ns = fresh_namespace(&admin, "ops-replicas").await;
     let lease_ns = fresh_namespace(&admin, "ops-lease").await;
-    let (user_a, user_b) = ("reserve-operator-a", "reserve-operator-b");
-    bind_like_the_service_account(&admin, &lease_ns, &[user_a, user_b]).await;
-    let kc_a = cp.kubeconfig_as(user_a, &[]);
-    let kc_b = cp.kubeconfig_as(user_b, &[]);
-
-    let a = Replica::spawn(user_a, "replica-a", &kc_a, &ns, &lease_ns);
-    let b = Replica::spawn(user_b, "replica-b", &kc_b, &ns, &lease_ns);
+    let mut identities = Vec::new();
+    for name in ["a", "b"] {
+        let identity = operator_identity(&admin, &format!("{ns}-replica-{name}")).await;
+        grant_lease(&admin, &lease_ns, &identity).await;
+        identities.push(identity);
+    }
+    let a = Replica::spawn(&identities[0], "replica-a", &ns, &lease_ns);
+    let b = Replica::spawn(&identities[1], "replica-b", &ns, &lease_ns);
     a.wait_up().await;
     b.wait_up().await;
     let first = exactly_one_leader(&[&a, &b], Duration::from_secs(2)).await;
     let (mut leader, mut standby) = if first == 0 { (a, b) } else { (b, a) };
-    eprintln!("first leader: {}", leader.identity);
+    eprintln!("first leader: {}", leader.name);
 
     // The standby is ready (to take over) and says so.
-    let (code, body) = http_get(standby.port, "/readyz").await.expect("/readyz");
+    let (code, body) = standby
+        .process
+        .probe()
+        .get("/readyz")
+        .await
+        .expect("/readyz");
     assert!(
         code == 200 && body.contains("standby"),
         "standby /readyz: {code} {body}"
     );
-    let (code, _) = http_get(standby.port, "/healthz").await.expect("/healthz");
+    let (code, _) = standby
+        .process
+        .probe()
+        .get("/healthz")
+        .await
+        .expect("/healthz");
     assert_eq!(code, 200);
 
-    let customers: Api<Customer> = Api::namespaced(admin.clone(), &ns);
-    let orders: Api<Order> = Api::namespaced(admin.clone(), &ns);
+    let customers: Api<reserve_operator::crd::Customer> = Api::namespaced(admin.clone(), &ns);
+    let orders: Api<reserve_operator::crd::Order> = Api::namespaced(admin.clone(), &ns);
     let pp = PostParams::default();
-    customers.create(&pp, &customer("bob")).await.unwrap();
-    orders
-        .create(&pp, &order("b1", "bob", 3, OrderState::Completed))
+    customers
+        .create(&pp, &fixtures::customer("bob"))
         .await
         .unwrap();
     orders
-        .create(&pp, &order("b2", "bob", 2, OrderState::Requested))
+        .create(&pp, &fixtures::order("b1", "bob", 3, OrderState::Completed))
+        .await
+        .unwrap();
+    orders
+        .create(&pp, &fixtures::order("b2", "bob", 2, OrderState::Requested))
         .await
         .unwrap();
     wait_for_score(&customers, "bob", 3, "Bronze").await;
@@ -923,8 +785,8 @@ async fn two_replicas_hand_over_on_sigkill_and_sigterm() {
     wait_for_score(&customers, "bob", 5, "Silver").await;
     let audit = cp.audit();
     let (by_leader, by_standby) = (
-        status_patches(&audit, leader.user, &ns),
-        status_patches(&audit, standby.user, &ns),
+        status_patches(&audit, leader.user(), &ns),
+        status_patches(&audit, standby.user(), &ns),
     );
     assert!(by_leader > 0, "the leader wrote no status");
     assert_eq!(by_standby, 0, "the standby wrote status");
@@ -932,11 +794,11 @@ async fn two_replicas_hand_over_on_sigkill_and_sigterm() {
     // The standby waits for the Lease's release with a watch restricted to it by name, which
     // the Role's resourceNames allows.
     assert!(
-        audit.iter().any(|e| e.user == standby.user
+        audit.iter().any(|e| e.user() == standby.user()
             && e.verb == "watch"
-            && e.resource == "leases"
-            && e.namespace.as_deref() == Some(lease_ns.as_str())
-            && e.code == Some(200)),
+            && e.object_ref.resource == "leases"
+            && e.in_namespace(&lease_ns)
+            && e.code() == Some(200)),
         "no watch on the Lease by the standby"
     );
 
@@ -947,28 +809,22 @@ async fn two_replicas_hand_over_on_sigkill_and_sigterm() {
         time_to_lead(&standby, killed, Duration::from_secs(LEASE_SECONDS + 10)).await;
     eprintln!(
         "hand-over after SIGKILL of {}: {:.2}s (lease duration {LEASE_SECONDS}s)",
-        leader.identity,
+        leader.name,
         sigkill_handover.as_secs_f64()
     );
-    let before = status_patches(&cp.audit(), standby.user, &ns);
+    let before = status_patches(&cp.audit(), standby.user(), &ns);
     orders
-        .create(&pp, &order("b3", "bob", 5, OrderState::Completed))
+        .create(&pp, &fixtures::order("b3", "bob", 5, OrderState::Completed))
         .await
         .unwrap();
     wait_for_score(&customers, "bob", 10, "Gold").await;
     assert!(
-        status_patches(&cp.audit(), standby.user, &ns) > before,
+        status_patches(&cp.audit(), standby.user(), &ns) > before,
         "the new leader wrote no status"
     );
 
     // Restart the killed replica: it becomes the standby.
-    let restarted = Replica::spawn(
-        leader.user,
-        &leader.identity,
-        &leader.kubeconfig.clone(),
-        &ns,
-        &lease_ns,
-    );
+    let restarted = leader.restart();
     restarted.wait_up().await;
     drop(std::mem::replace(&mut leader, standby));
     standby = restarted;
@@ -977,7 +833,12 @@ async fn two_replicas_hand_over_on_sigkill_and_sigterm() {
         steady, 0,
         "the restarted replica took the Lease from a live leader"
     );
-    let (code, body) = http_get(standby.port, "/readyz").await.expect("/readyz");
+    let (code, body) = standby
+        .process
+        .probe()
+        .get("/readyz")
+        .await
+        .expect("/readyz");
     assert!(
         code == 200 && body.contains("standby"),
         "standby /readyz: {code} {body}"
@@ -994,7 +855,7 @@ async fn two_replicas_hand_over_on_sigkill_and_sigterm() {
     let exit_after = termed.elapsed();
     eprintln!(
         "hand-over after SIGTERM of {}: {:.2}s; it exited ({status}) after {:.2}s",
-        leader.identity,
+        leader.name,
         sigterm_handover.as_secs_f64(),
         exit_after.as_secs_f64()
     );
@@ -1007,14 +868,14 @@ async fn two_replicas_hand_over_on_sigkill_and_sigterm() {
         "SIGTERM hand-over took {sigterm_handover:?}"
     );
 
-    let before = status_patches(&cp.audit(), standby.user, &ns);
+    let before = status_patches(&cp.audit(), standby.user(), &ns);
     orders
-        .create(&pp, &order("b4", "bob", 5, OrderState::Completed))
+        .create(&pp, &fixtures::order("b4", "bob", 5, OrderState::Completed))
         .await
         .unwrap();
     wait_for_score(&customers, "bob", 15, "Platinum").await;
     assert!(
-        status_patches(&cp.audit(), standby.user, &ns) > before,
+        status_patches(&cp.audit(), standby.user(), &ns) > before,
         "the newest leader wrote no status"
     );
 
@@ -1022,7 +883,7 @@ async fn two_replicas_hand_over_on_sigkill_and_sigterm() {
     let denied: Vec<AuditEvent> = cp
         .audit()
         .into_iter()
-        .filter(|e| (e.user == user_a || e.user == user_b) && e.code == Some(403))
+        .filter(|e| identities.iter().any(|i| i.user == e.user()) && e.code() == Some(403))
         .collect();
     assert!(denied.is_empty(), "403s: {denied:#?}");
 

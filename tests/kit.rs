@@ -1,15 +1,18 @@
-//! The test harness itself (its own control plane): restarts keep data, the audit log names the
+//! The test kit itself (its own control plane): restarts keep data, the audit log names the
 //! right user, impersonation is subject to RBAC, metrics are served, the operator binary runs.
-
-mod support;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 use reserve_operator::crd::{Customer, CustomerSpec};
+use reserve_testkit::{
+    ControlPlane, Identity, Launch,
+    control_plane::{client_for, text},
+    eventually, operator_bin,
+    shop::fresh_namespace,
+};
 use std::time::Duration;
-use support::{ControlPlane, OperatorProcess, eventually, fresh_namespace};
 use tokio::sync::RwLock;
 
 /// Restarting the API server would break the other tests of this binary: it takes the write lock.
@@ -26,31 +29,26 @@ fn customer(name: &str, display: &str) -> Customer {
     c
 }
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[tokio::test]
 async fn control_plane_serves_the_crds_over_tls_with_kubectl_and_kube() {
     let _shared = APISERVER.read().await;
-    let cp = ControlPlane::get();
+    let cp = ControlPlane::shared();
     eprintln!(
         "control plane start-up (incl. CRDs): {:.1}s",
         cp.startup.as_secs_f64()
     );
     let out = cp.kubectl(&["get", "crd", "-o", "name"]);
     assert!(out.status.success(), "{}", text(&out));
-    for crd in support::CRDS {
+    for crd in [
+        "customers.reserve.coffeechain.io",
+        "orders.reserve.coffeechain.io",
+    ] {
         assert!(text(&out).contains(crd), "{crd} missing: {}", text(&out));
     }
     if cp.is_local() {
         let kubeconfig = std::fs::read_to_string(cp.kubeconfig()).unwrap();
-        assert!(kubeconfig.contains(&format!("server: {}", cp.server())));
-        assert!(kubeconfig.contains("certificate-authority-data:"));
+        assert!(kubeconfig.contains(&format!("\"server\": \"{}\"", cp.server())));
+        assert!(kubeconfig.contains("\"certificate-authority-data\":"));
     }
     let client = cp.client().await;
     let ns = fresh_namespace(&client, "harness-tls").await;
@@ -66,7 +64,7 @@ async fn control_plane_serves_the_crds_over_tls_with_kubectl_and_kube() {
 
 #[tokio::test]
 async fn restart_apiserver_keeps_the_data() {
-    let cp = ControlPlane::get();
+    let cp = ControlPlane::shared();
     if cp.skip_unless_local("restart_apiserver") {
         return;
     }
@@ -84,7 +82,7 @@ async fn restart_apiserver_keeps_the_data() {
         !out.status.success(),
         "the API server still answers after stop_apiserver"
     );
-    cp.start_apiserver();
+    cp.start_apiserver().expect("kube-apiserver starts again");
 
     let api: Api<Customer> = Api::namespaced(cp.client().await, &ns);
     let erin = eventually(
@@ -114,14 +112,17 @@ async fn restart_apiserver_keeps_the_data() {
 #[tokio::test]
 async fn audit_log_names_the_impersonated_user() {
     let _shared = APISERVER.read().await;
-    let cp = ControlPlane::get();
+    let cp = ControlPlane::shared();
     if cp.skip_unless_local("audit") {
         return;
     }
     let admin = cp.client().await;
     let ns = fresh_namespace(&admin, "harness-audit").await;
-    let as_writer = cp.kubeconfig_as("audit-writer", &["system:masters"]);
-    let writer: Api<Customer> = Api::namespaced(cp.client_for(&as_writer).await, &ns);
+    let as_writer = cp.kubeconfig_as(&Identity {
+        user: "audit-writer".into(),
+        groups: vec!["system:masters".into()],
+    });
+    let writer: Api<Customer> = Api::namespaced(client_for(&as_writer).await, &ns);
     writer
         .create(&PostParams::default(), &customer("frank", "Frank Oh"))
         .await
@@ -139,9 +140,7 @@ async fn audit_log_names_the_impersonated_user() {
             let evs: Vec<_> = cp
                 .audit()
                 .into_iter()
-                .filter(|e| {
-                    e.namespace.as_deref() == Some(&ns) && e.name.as_deref() == Some("frank")
-                })
+                .filter(|e| e.in_namespace(&ns) && e.object_ref.name.as_deref() == Some("frank"))
                 .collect();
             (evs.iter().any(|e| e.verb == "create") && evs.iter().any(|e| e.verb == "delete"))
                 .then_some(evs)
@@ -149,15 +148,15 @@ async fn audit_log_names_the_impersonated_user() {
     })
     .await;
     let create = events.iter().find(|e| e.verb == "create").unwrap();
-    assert_eq!(create.user, "audit-writer");
-    assert_eq!(create.authenticated_user, "admin");
-    assert_eq!(create.resource, "customers");
-    assert_eq!(create.api_group, "reserve.coffeechain.io");
-    assert_eq!(create.subresource, None);
-    assert_eq!(create.code, Some(201));
+    assert_eq!(create.user(), "audit-writer");
+    assert_eq!(create.user.username, "admin");
+    assert_eq!(create.object_ref.resource, "customers");
+    assert_eq!(create.object_ref.api_group, "reserve.coffeechain.io");
+    assert_eq!(create.object_ref.subresource, None);
+    assert_eq!(create.code(), Some(201));
     let delete = events.iter().find(|e| e.verb == "delete").unwrap();
-    assert_eq!(delete.user, "audit-writer");
-    assert_eq!(delete.code, Some(200));
+    assert_eq!(delete.user(), "audit-writer");
+    assert_eq!(delete.code(), Some(200));
     assert!(
         delete
             .user_agent
@@ -169,11 +168,11 @@ async fn audit_log_names_the_impersonated_user() {
 
     // fresh_namespace (generateName, so no name in the log) ran as the admin itself.
     let by_admin = cp.audit().into_iter().any(|e| {
-        e.resource == "namespaces"
+        e.object_ref.resource == "namespaces"
             && e.verb == "create"
-            && e.code == Some(201)
-            && e.user == "admin"
-            && e.api_group.is_empty()
+            && e.code() == Some(201)
+            && e.user() == "admin"
+            && e.object_ref.api_group.is_empty()
     });
     assert!(by_admin, "no namespace create by admin in the audit log");
 }
@@ -181,11 +180,11 @@ async fn audit_log_names_the_impersonated_user() {
 #[tokio::test]
 async fn impersonated_identity_needs_rbac() {
     let _shared = APISERVER.read().await;
-    let cp = ControlPlane::get();
+    let cp = ControlPlane::shared();
     let admin = cp.client().await;
     let ns = fresh_namespace(&admin, "harness-rbac").await;
-    let someone = cp.kubeconfig_as("someone", &[]);
-    let api: Api<Customer> = Api::namespaced(cp.client_for(&someone).await, &ns);
+    let someone = cp.kubeconfig_as(&Identity::user("someone"));
+    let api: Api<Customer> = Api::namespaced(client_for(&someone).await, &ns);
     match api.list(&ListParams::default()).await {
         Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),
         other => panic!("someone listed customers without RBAC: {other:?}"),
@@ -219,10 +218,10 @@ async fn impersonated_identity_needs_rbac() {
 
     if !cp.skip_unless_local("audit of the 403") {
         let denied = cp.audit().into_iter().find(|e| {
-            e.user == "someone"
-                && e.namespace.as_deref() == Some(&ns)
+            e.user() == "someone"
+                && e.in_namespace(&ns)
                 && e.verb == "list"
-                && e.code == Some(403)
+                && e.code() == Some(403)
         });
         assert!(denied.is_some(), "no 403 list by someone in the audit log");
     }
@@ -271,7 +270,7 @@ async fn grant_customer_reader(admin: &Client, ns: &str, user: &str) {
 #[tokio::test]
 async fn service_account_tokens_are_issued() {
     let _shared = APISERVER.read().await;
-    let cp = ControlPlane::get();
+    let cp = ControlPlane::shared();
     let admin = cp.client().await;
     let ns = fresh_namespace(&admin, "harness-sa").await;
     let sa = ServiceAccount {
@@ -302,7 +301,7 @@ async fn service_account_tokens_are_issued() {
 #[tokio::test]
 async fn apiserver_metrics_are_served() {
     let _shared = APISERVER.read().await;
-    let metrics = ControlPlane::get().apiserver_metrics();
+    let metrics = ControlPlane::shared().apiserver_metrics();
     assert!(
         metrics.contains("apiserver_request_total"),
         "no apiserver_request_total in /metrics"
@@ -311,16 +310,56 @@ async fn apiserver_metrics_are_served() {
 
 #[test]
 fn operator_process_runs_the_binary() {
-    let cp = ControlPlane::get();
-    let mut op = OperatorProcess::spawn(cp.kubeconfig(), &["--help"]);
+    let cp = ControlPlane::shared();
+    let mut op = Launch::new(operator_bin!(), cp.kubeconfig())
+        .args(["--help"])
+        .spawn();
     assert!(op.pid() > 0);
     let status = op
         .wait_exit(Duration::from_secs(30))
-        .expect("reserve-operator --help exits");
+        .expect("reserve-operator run --help exits");
     assert!(status.success(), "{}", op.logs());
-    assert!(op.logs().contains("crds"), "{}", op.logs());
+    assert!(op.logs().contains("--levels"), "{}", op.logs());
     assert!(!op.running());
     // Harmless once it has exited.
     op.sigterm();
     op.kill();
+}
+
+#[test]
+fn a_detached_control_plane_is_found_again_and_stopped_by_its_pids() {
+    let dir = reserve_testkit::watchdog().unique_path("detached", "");
+    let started = ControlPlane::start(reserve_testkit::Options {
+        dir: dir.clone(),
+        lifetime: reserve_testkit::Lifetime::Detached,
+        audit: reserve_testkit::AuditMode::Batch,
+    })
+    .expect("a detached control plane starts");
+    let (etcd, apiserver) = started.pids();
+    let attached = ControlPlane::attach(&dir).expect("found again by its directory");
+    let out = attached.kubectl(&[
+        "get",
+        "crd",
+        "customers.reserve.coffeechain.io",
+        "-o",
+        "name",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    attached.stop();
+    for pid in [etcd.unwrap(), apiserver.unwrap()] {
+        // Gone, or a zombie waiting for this process (its parent here) to reap it.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = state
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().chars().next());
+        assert!(
+            matches!(state, None | Some(Some('Z'))),
+            "process {pid} still runs"
+        );
+    }
+    assert!(
+        !dir.exists(),
+        "the directory of a stopped detached control plane stays"
+    );
+    assert!(ControlPlane::attach(&dir).is_none());
 }

@@ -1,0 +1,677 @@
+//! One local control plane (etcd + kube-apiserver on loopback, no nodes) for the tests, the
+//! benchmark, the demo and `make dev`, with one set of API server flags: RBAC, ServiceAccount
+//! tokens, priority and fairness on (as in any real cluster), and an audit log of every request.
+
+use std::{
+    io::Write,
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::{Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use kube::{
+    Client, Config,
+    config::{
+        AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster,
+        NamedContext,
+    },
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    audit::{self, AuditEvent},
+    certs,
+    process::{Lifetime, Proc, free_port, tail, watchdog},
+    rbac::Identity,
+    tools,
+};
+
+/// How long the API server may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How the audit log is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditMode {
+    /// Each request waits for its audit line: the log is complete when a request returns
+    /// (tests count requests right after making them).
+    Blocking,
+    /// Lines are written in batches within a second, off the request path (the benchmark).
+    Batch,
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Certificates, data, logs, kubeconfig.
+    pub dir: PathBuf,
+    pub lifetime: Lifetime,
+    pub audit: AuditMode,
+}
+
+/// What a detached control plane leaves in its directory, so `down` and `env` find it again.
+#[derive(Serialize, Deserialize)]
+struct State {
+    port: u16,
+    etcd_pid: u32,
+    apiserver_pid: u32,
+}
+
+pub struct ControlPlane {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    kubectl_cache: PathBuf,
+    local: Option<Local>,
+    /// How long the start took (both servers and the CRDs).
+    pub startup: Duration,
+}
+
+/// What only a control plane started here has.
+struct Local {
+    dir: PathBuf,
+    port: u16,
+    lifetime: Lifetime,
+    etcd_args: Vec<String>,
+    apiserver_args: Vec<String>,
+    etcd: Mutex<Option<Proc>>,
+    apiserver: Mutex<Option<Proc>>,
+}
+
+impl ControlPlane {
+    /// The control plane of this test binary, started on first use and killed when the binary
+    /// exits. `RESERVE_TEST_KUBECONFIG=<path>` uses that cluster instead.
+    pub fn shared() -> &'static ControlPlane {
+        static CELL: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+        let started = CELL.get_or_init(|| match std::env::var_os("RESERVE_TEST_KUBECONFIG") {
+            Some(path) => {
+                eprintln!(
+                    "testkit: using the cluster of RESERVE_TEST_KUBECONFIG={}",
+                    path.to_string_lossy()
+                );
+                ControlPlane::external(PathBuf::from(path))
+            }
+            None => ControlPlane::start(Options {
+                dir: watchdog().dir().join("control-plane"),
+                lifetime: Lifetime::ThisProcess,
+                audit: AuditMode::Blocking,
+            }),
+        });
+        match started {
+            Ok(cp) => cp,
+            Err(e) => panic!("the test control plane failed to start: {e}"),
+        }
+    }
+
+    /// An existing cluster: no audit log, no restarts.
+    pub fn external(kubeconfig: PathBuf) -> Result<ControlPlane, String> {
+        let cp = ControlPlane {
+            bin: tools::bin_dir()?.to_path_buf(),
+            kubectl_cache: watchdog().dir().join("kubectl-cache"),
+            kubeconfig,
+            local: None,
+            startup: Duration::ZERO,
+        };
+        cp.install()?;
+        Ok(cp)
+    }
+
+    /// Starts etcd and kube-apiserver on free loopback ports and installs the CRDs.
+    pub fn start(options: Options) -> Result<ControlPlane, String> {
+        let began = Instant::now();
+        let bin = tools::bin_dir()?.to_path_buf();
+        let dir = options.dir;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let io = |what: &Path| {
+            let what = what.display().to_string();
+            move |e: std::io::Error| format!("{what}: {e}")
+        };
+
+        // The serving certificate also names the in-cluster address of the API server, so a
+        // pod could reach it as https://kubernetes.default.svc.
+        let ca = certs::write(
+            &dir,
+            &[
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1)),
+            ],
+            &[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
+        )?;
+        let token = admin_token();
+        let tokens = dir.join("tokens.csv");
+        std::fs::write(
+            &tokens,
+            format!("{token},admin,admin-uid,\"system:masters\"\n"),
+        )
+        .map_err(io(&tokens))?;
+        let policy = dir.join("audit-policy.yaml");
+        std::fs::write(&policy, audit::POLICY).map_err(io(&policy))?;
+
+        let [etcd_port, peer_port, port] = [free_port(), free_port(), free_port()];
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let p = |name: &str| dir.join(name).display().to_string();
+        let etcd_args = vec![
+            "--name=default".into(),
+            format!("--data-dir={}", p("etcd")),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=default={peer_url}"),
+            "--unsafe-no-fsync".into(),
+            "--log-level=warn".into(),
+        ];
+        let mut apiserver_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={port}"),
+            format!("--cert-dir={}", p("apiserver-certs")),
+            format!("--tls-cert-file={}", p(certs::SERVING_CERT)),
+            format!("--tls-private-key-file={}", p(certs::SERVING_KEY)),
+            format!("--client-ca-file={}", p(certs::CA_CERT)),
+            format!("--token-auth-file={}", p("tokens.csv")),
+            "--authorization-mode=RBAC".into(),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!(
+                "--service-account-key-file={}",
+                p(certs::SERVICE_ACCOUNT_PUBLIC_KEY)
+            ),
+            format!(
+                "--service-account-signing-key-file={}",
+                p(certs::SERVICE_ACCOUNT_KEY)
+            ),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            format!("--audit-policy-file={}", p("audit-policy.yaml")),
+            format!("--audit-log-path={}", p("audit.log")),
+            "--audit-log-maxsize=0".into(),
+            "--endpoint-reconciler-type=none".into(),
+            "--shutdown-delay-duration=0s".into(),
+            "--profiling=false".into(),
+            "--v=1".into(),
+        ];
+        apiserver_args.extend(match options.audit {
+            AuditMode::Blocking => vec!["--audit-log-mode=blocking".to_owned()],
+            AuditMode::Batch => vec![
+                "--audit-log-mode=batch".to_owned(),
+                "--audit-log-batch-max-wait=1s".to_owned(),
+            ],
+        });
+
+        let kubeconfig = dir.join("kubeconfig");
+        write_kubeconfig(
+            &kubeconfig,
+            &admin_kubeconfig(&format!("https://127.0.0.1:{port}"), &ca, &token),
+        )?;
+        let cp = ControlPlane {
+            bin,
+            kubectl_cache: dir.join("kubectl-cache"),
+            kubeconfig,
+            local: Some(Local {
+                dir,
+                port,
+                lifetime: options.lifetime,
+                etcd_args,
+                apiserver_args,
+                etcd: Mutex::new(None),
+                apiserver: Mutex::new(None),
+            }),
+            startup: Duration::ZERO,
+        };
+        cp.start_etcd()?;
+        cp.start_apiserver()?;
+        cp.save_state()?;
+        cp.install()?;
+        Ok(ControlPlane {
+            startup: began.elapsed(),
+            ..cp
+        })
+    }
+
+    /// A detached control plane started earlier in `dir`, if it still runs.
+    pub fn attach(dir: &Path) -> Option<ControlPlane> {
+        let state: State =
+            serde_json::from_slice(&std::fs::read(dir.join("state.json")).ok()?).ok()?;
+        let marker = dir.display().to_string();
+        let apiserver = Proc::find(state.apiserver_pid, "kube-apiserver", &marker)?;
+        let etcd = Proc::find(state.etcd_pid, "etcd", &marker);
+        Some(ControlPlane {
+            bin: tools::bin_dir().ok()?.to_path_buf(),
+            kubeconfig: dir.join("kubeconfig"),
+            kubectl_cache: dir.join("kubectl-cache"),
+            local: Some(Local {
+                dir: dir.to_path_buf(),
+                port: state.port,
+                lifetime: Lifetime::Detached,
+                etcd_args: Vec::new(),
+                apiserver_args: Vec::new(),
+                etcd: Mutex::new(etcd),
+                apiserver: Mutex::new(Some(apiserver)),
+            }),
+            startup: Duration::ZERO,
+        })
+    }
+
+    fn save_state(&self) -> Result<(), String> {
+        let local = self.local("save_state()");
+        let pid = |slot: &Mutex<Option<Proc>>| {
+            slot.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map_or(0, Proc::pid)
+        };
+        let state = State {
+            port: local.port,
+            etcd_pid: pid(&local.etcd),
+            apiserver_pid: pid(&local.apiserver),
+        };
+        let path = local.dir.join("state.json");
+        std::fs::write(&path, serde_json::to_vec(&state).expect("state serialises"))
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Installs the API (`manifests/crds`: the CRDs and their status policy) and the
+    /// operator's namespace, ServiceAccount and RBAC from `manifests/operator` with the real
+    /// kubectl, and waits until the CRDs serve.
+    pub fn install(&self) -> Result<(), String> {
+        let root = tools::repo_root();
+        let crds = root.join("manifests/crds").display().to_string();
+        let out = self.kubectl(&["apply", "--server-side", "--force-conflicts", "-k", &crds]);
+        if !out.status.success() {
+            return Err(format!("kubectl apply -k {crds}: {}", text(&out)));
+        }
+        let operator = root.join("manifests/operator");
+        let files: Vec<String> = ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"]
+            .iter()
+            .map(|f| operator.join(f).display().to_string())
+            .collect();
+        let mut args = vec!["apply", "--server-side", "--force-conflicts"];
+        for file in &files {
+            args.extend(["-f", file.as_str()]);
+        }
+        let out = self.kubectl(&args);
+        if !out.status.success() {
+            return Err(format!("installing the operator's RBAC: {}", text(&out)));
+        }
+        let out = self.kubectl(&[
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            "crd/customers.reserve.coffeechain.io",
+            "crd/orders.reserve.coffeechain.io",
+        ]);
+        if !out.status.success() {
+            return Err(format!("CRDs not established: {}", text(&out)));
+        }
+        Ok(())
+    }
+
+    /// Whether etcd and kube-apiserver are processes started here (not an external cluster).
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
+
+    /// True (after printing a note) when `what` needs a local control plane and there is none;
+    /// tests `return` early on true.
+    pub fn skip_unless_local(&self, what: &str) -> bool {
+        if self.local.is_none() {
+            eprintln!(
+                "note: skipping {what}: needs a control plane started by the test (RESERVE_TEST_KUBECONFIG is set)"
+            );
+        }
+        self.local.is_none()
+    }
+
+    fn local(&self, what: &str) -> &Local {
+        self.local.as_ref().unwrap_or_else(|| {
+            panic!("{what} is unavailable against an external cluster (RESERVE_TEST_KUBECONFIG)")
+        })
+    }
+
+    /// Admin kubeconfig (group system:masters; the CA inline).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Where kubectl, kube-apiserver and etcd live.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The API server's URL, e.g. `https://127.0.0.1:41234` (local control plane only).
+    pub fn server(&self) -> String {
+        format!("https://127.0.0.1:{}", self.local("server()").port)
+    }
+
+    /// Scratch directory of the local control plane (certificates, logs, etcd data).
+    pub fn dir(&self) -> &Path {
+        &self.local("dir()").dir
+    }
+
+    /// A kubeconfig that acts as `identity`: the admin credentials with `as:` / `as-groups:`
+    /// (impersonation), honoured by kubectl and kube-rs alike.
+    pub fn kubeconfig_as(&self, identity: &Identity) -> PathBuf {
+        let path =
+            watchdog().unique_path(&format!("kubeconfig-{}", identity.object_name()), ".yaml");
+        self.write_kubeconfig_as(identity, &path)
+            .expect("write kubeconfig");
+        path
+    }
+
+    /// Writes a kubeconfig that acts as `identity` to `path`.
+    pub fn write_kubeconfig_as(&self, identity: &Identity, path: &Path) -> Result<(), String> {
+        let mut config = Kubeconfig::read_from(&self.kubeconfig)
+            .map_err(|e| format!("{}: {e}", self.kubeconfig.display()))?;
+        for named in &mut config.auth_infos {
+            if let Some(auth) = named.auth_info.as_mut() {
+                auth.impersonate = Some(identity.user.clone());
+                auth.impersonate_groups =
+                    (!identity.groups.is_empty()).then(|| identity.groups.clone());
+            }
+        }
+        write_kubeconfig(path, &config)
+    }
+
+    /// A kubeconfig that authenticates with the bearer `token` (e.g. a ServiceAccount's).
+    pub fn kubeconfig_with_token(&self, token: &str, namespace: &str) -> PathBuf {
+        let mut config = Kubeconfig::read_from(&self.kubeconfig).expect("read admin kubeconfig");
+        for named in &mut config.auth_infos {
+            named.auth_info = Some(AuthInfo {
+                token: Some(token.to_owned().into()),
+                ..Default::default()
+            });
+        }
+        for named in &mut config.contexts {
+            if let Some(context) = named.context.as_mut() {
+                context.namespace = Some(namespace.to_owned());
+            }
+        }
+        let path = watchdog().unique_path("kubeconfig-token", ".yaml");
+        write_kubeconfig(&path, &config).expect("write kubeconfig");
+        path
+    }
+
+    /// Admin client.
+    pub async fn client(&self) -> Client {
+        client_for(&self.kubeconfig).await
+    }
+
+    /// A client acting as `identity`.
+    pub async fn client_as(&self, identity: &Identity) -> Client {
+        client_for(&self.kubeconfig_as(identity)).await
+    }
+
+    /// The real kubectl with the admin kubeconfig.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_with(&self.kubeconfig, args, None)
+    }
+
+    /// The real kubectl with the admin kubeconfig and `stdin` (e.g. `apply -f -`).
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        self.kubectl_with(&self.kubeconfig, args, Some(stdin))
+    }
+
+    /// The real kubectl with any kubeconfig.
+    pub fn kubectl_with(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(self.bin.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.kubectl_cache)
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        let writer = stdin.map(|text| {
+            let mut pipe = child.stdin.take().expect("piped stdin");
+            let text = text.to_owned();
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(text.as_bytes());
+            })
+        });
+        let out = child.wait_with_output().expect("wait for kubectl");
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
+        out
+    }
+
+    /// The audit log so far (local control plane only).
+    pub fn audit(&self) -> Vec<AuditEvent> {
+        audit::read(&self.audit_files())
+    }
+
+    /// The audit log and its rotated files (local control plane only).
+    pub fn audit_files(&self) -> Vec<PathBuf> {
+        audit::files(&self.local("audit()").dir.join("audit.log"))
+    }
+
+    /// `GET /metrics` of the API server (Prometheus text).
+    pub fn apiserver_metrics(&self) -> String {
+        let out = self.kubectl(&["get", "--raw", "/metrics"]);
+        assert!(out.status.success(), "GET /metrics: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// kube-apiserver's own log so far (local control plane only).
+    pub fn apiserver_logs(&self) -> String {
+        std::fs::read_to_string(
+            self.local("apiserver_logs()")
+                .dir
+                .join("kube-apiserver.log"),
+        )
+        .unwrap_or_default()
+    }
+
+    /// Process ids of (etcd, kube-apiserver), for measuring them.
+    pub fn pids(&self) -> (Option<u32>, Option<u32>) {
+        let local = self.local("pids()");
+        let pid = |slot: &Mutex<Option<Proc>>| {
+            slot.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(Proc::pid)
+        };
+        (pid(&local.etcd), pid(&local.apiserver))
+    }
+
+    /// Stops kube-apiserver (SIGTERM, SIGKILL after 15 s); etcd keeps the data.
+    pub fn stop_apiserver(&self) {
+        Self::stop_slot(&self.local("stop_apiserver()").apiserver);
+    }
+
+    /// Starts kube-apiserver again with the same flags and port, and waits until it is ready.
+    /// Nothing happens if it runs.
+    pub fn start_apiserver(&self) -> Result<(), String> {
+        let local = self.local("start_apiserver()");
+        self.start_slot(&local.apiserver, "kube-apiserver", &local.apiserver_args)?;
+        self.wait_ready()
+    }
+
+    /// Stop, then start: etcd keeps the data.
+    pub fn restart_apiserver(&self) {
+        self.stop_apiserver();
+        self.start_apiserver().expect("kube-apiserver starts again");
+    }
+
+    /// Stops etcd: the API server stays up and answers every request that needs storage with
+    /// an error until etcd is back.
+    pub fn stop_etcd(&self) {
+        Self::stop_slot(&self.local("stop_etcd()").etcd);
+    }
+
+    /// Starts etcd again with the same data; nothing happens if it runs.
+    pub fn start_etcd(&self) -> Result<(), String> {
+        let local = self.local("start_etcd()");
+        self.start_slot(&local.etcd, "etcd", &local.etcd_args)
+    }
+
+    /// Stops both servers; a detached control plane's directory is removed.
+    pub fn stop(&self) {
+        let Some(local) = &self.local else { return };
+        Self::stop_slot(&local.apiserver);
+        Self::stop_slot(&local.etcd);
+        if local.lifetime == Lifetime::Detached {
+            let _ = std::fs::remove_dir_all(&local.dir);
+        }
+    }
+
+    fn stop_slot(slot: &Mutex<Option<Proc>>) {
+        if let Some(mut proc) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            proc.stop(Duration::from_secs(15));
+        }
+    }
+
+    fn start_slot(
+        &self,
+        slot: &Mutex<Option<Proc>>,
+        program: &str,
+        args: &[String],
+    ) -> Result<(), String> {
+        let local = self.local("start");
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_mut().is_some_and(Proc::running) {
+            return Ok(());
+        }
+        let log = local.dir.join(format!("{program}.log"));
+        let proc = Proc::spawn(
+            Command::new(self.bin.join(program)).args(args),
+            &log,
+            local.lifetime,
+        )
+        .map_err(|e| format!("starting {program}: {e}"))?;
+        *slot = Some(proc);
+        drop(slot);
+        if local.lifetime == Lifetime::Detached {
+            self.save_state()?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the API server answers `/readyz` with ok.
+    pub fn wait_ready(&self) -> Result<(), String> {
+        let local = self.local("wait_ready()");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let log = local.dir.join("kube-apiserver.log");
+        loop {
+            let out = self.kubectl(&["get", "--raw", "/readyz", "--request-timeout=5s"]);
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
+                return Ok(());
+            }
+            let exited = local
+                .apiserver
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+                .is_some_and(|p| !p.running());
+            if exited {
+                return Err(format!("kube-apiserver exited:\n{}", tail(&log, 40)));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "kube-apiserver not ready after {READY_TIMEOUT:?}: {}\n{}",
+                    text(&out),
+                    tail(&log, 40)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_for(kubeconfig: &Path) -> Client {
+    let config = Kubeconfig::read_from(kubeconfig)
+        .unwrap_or_else(|e| panic!("read {}: {e}", kubeconfig.display()));
+    let config = Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", kubeconfig.display()));
+    Client::try_from(config).expect("build a client")
+}
+
+/// kubectl's stdout and stderr, for messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn admin_token() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("read /dev/urandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn admin_kubeconfig(server: &str, ca_pem: &str, token: &str) -> Kubeconfig {
+    use base64::Engine;
+    let name = "reserve-local".to_owned();
+    Kubeconfig {
+        clusters: vec![NamedCluster {
+            name: name.clone(),
+            cluster: Some(Cluster {
+                server: Some(server.to_owned()),
+                certificate_authority_data: Some(
+                    base64::engine::general_purpose::STANDARD.encode(ca_pem),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: "admin".into(),
+            auth_info: Some(AuthInfo {
+                token: Some(token.to_owned().into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        contexts: vec![NamedContext {
+            name: name.clone(),
+            context: Some(Context {
+                cluster: name.clone(),
+                user: Some("admin".into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        current_context: Some(name),
+        kind: Some("Config".into()),
+        api_version: Some("v1".into()),
+        ..Default::default()
+    }
+}
+
+/// Writes a kubeconfig as JSON (which kubectl and kube-rs read as YAML), readable only by its
+/// owner since it holds credentials.
+fn write_kubeconfig(path: &Path, config: &Kubeconfig) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = serde_json::to_vec_pretty(config).map_err(|e| format!("kubeconfig: {e}"))?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(&text))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,127 @@
+//! Watches a namespace while something breaks and records every status that breaks an
+//! invariant: a level that disagrees with its score, a negative score, a customer-level
+//! snapshot that changed once taken.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use futures::TryStreamExt;
+use kube::{
+    Api, ResourceExt,
+    runtime::{WatchStreamExt, watcher},
+};
+use reserve_operator::{
+    crd::{Customer, Order},
+    loyalty::{LevelPolicy, MISSING_CUSTOMER_LEVEL},
+};
+
+pub struct Invariants {
+    violations: Arc<Mutex<Vec<String>>>,
+    statuses_seen: Arc<Mutex<usize>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Invariants {
+    pub fn watch(customers: Api<Customer>, orders: Api<Order>, policy: LevelPolicy) -> Self {
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        let statuses_seen = Arc::new(Mutex::new(0));
+        let record = |violations: &Arc<Mutex<Vec<String>>>, what: String| {
+            violations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(what)
+        };
+        let customer_task = {
+            let (violations, seen) = (violations.clone(), statuses_seen.clone());
+            let stream = watcher(customers, watcher::Config::default())
+                .default_backoff()
+                .applied_objects();
+            tokio::spawn(async move {
+                let mut stream = std::pin::pin!(stream);
+                while let Ok(Some(customer)) = stream.try_next().await {
+                    let Some(status) = customer.status.as_ref() else {
+                        continue;
+                    };
+                    let Some(level) = status.level.as_deref() else {
+                        continue;
+                    };
+                    *seen.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                    let name = customer.name_any();
+                    if status.score < 0 {
+                        record(
+                            &violations,
+                            format!("customer {name}: negative score {}", status.score),
+                        );
+                    }
+                    if level != policy.level_for(status.score) {
+                        record(
+                            &violations,
+                            format!("customer {name}: level {level} with score {}", status.score),
+                        );
+                    }
+                }
+            })
+        };
+        let order_task = {
+            let (violations, seen) = (violations.clone(), statuses_seen.clone());
+            let stream = watcher(orders, watcher::Config::default())
+                .default_backoff()
+                .applied_objects();
+            tokio::spawn(async move {
+                // Keyed by uid: an order deleted and created again is a new order.
+                let mut snapshots: HashMap<String, String> = HashMap::new();
+                let mut stream = std::pin::pin!(stream);
+                while let Ok(Some(order)) = stream.try_next().await {
+                    let Some(level) = order.status.as_ref().and_then(|s| s.customer_level.clone())
+                    else {
+                        continue;
+                    };
+                    *seen.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                    let key = order.uid().unwrap_or_default();
+                    match snapshots.get(&key) {
+                        Some(taken) if level == MISSING_CUSTOMER_LEVEL => record(
+                            &violations,
+                            format!(
+                                "order {}: snapshot {taken} went back to Iron",
+                                order.name_any()
+                            ),
+                        ),
+                        Some(taken) if *taken != level => record(
+                            &violations,
+                            format!(
+                                "order {}: snapshot changed {taken} -> {level}",
+                                order.name_any()
+                            ),
+                        ),
+                        Some(_) => {}
+                        None if level == MISSING_CUSTOMER_LEVEL => {}
+                        None => {
+                            snapshots.insert(key, level);
+                        }
+                    }
+                }
+            })
+        };
+        Invariants {
+            violations,
+            statuses_seen,
+            tasks: vec![customer_task, order_task],
+        }
+    }
+
+    /// Stops watching: (violations, statuses seen).
+    pub fn finish(self) -> (Vec<String>, usize) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let violations = self
+            .violations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let seen = *self.statuses_seen.lock().unwrap_or_else(|p| p.into_inner());
+        (violations, seen)
+    }
+}

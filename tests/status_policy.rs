@@ -1,0 +1,251 @@
+//! Nobody but the operator writes status: the ValidatingAdmissionPolicy shipped with the CRDs
+//! refuses anyone else (cluster admins included) and any change of a snapshot once taken; and a
+//! status forged anyway (the policy's binding removed) is repaired within two seconds.
+
+use std::time::{Duration, Instant};
+
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use reserve_operator::{
+    crd::{Customer, Order, OrderState},
+    loyalty::LevelPolicy,
+};
+use reserve_testkit::{ControlPlane, Shop, control_plane::text, eventually};
+use serde_json::json;
+use tokio::sync::RwLock;
+
+/// Removing the policy's binding affects every test of this binary: that test runs alone.
+static POLICY: RwLock<()> = RwLock::const_new(());
+
+const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/crds");
+const BINDING: &str = "validatingadmissionpolicybinding/reserve-operator-status";
+
+async fn forge<K>(api: &Api<K>, name: &str, status: serde_json::Value) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map(drop)
+}
+
+fn refusal(result: Result<(), kube::Error>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.message),
+        other => panic!("the forged status was accepted: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_operator_writes_status_and_a_snapshot_never_changes() {
+    let _policy = POLICY.read().await;
+    let shop = Shop::new("policy").await;
+    let (identity, _operator) = shop.operator(&[]).await;
+    shop.customer("alice").await;
+    shop.order("o1", "alice", 6, OrderState::Completed).await;
+    // The operator's own writes pass.
+    shop.expect_customer("alice", 6, "Silver", (1, 0, 0)).await;
+    let o1 = shop
+        .expect_order("o1", "a snapshot", |s| {
+            s.customer_level.as_deref() == Some("Bronze")
+        })
+        .await;
+    assert_eq!(o1.phase, Some(OrderState::Completed));
+
+    // A cluster admin is refused, with the rule named.
+    let (code, message) = refusal(
+        forge(
+            &shop.customers(),
+            "alice",
+            json!({ "score": 100, "level": "Diamond" }),
+        )
+        .await,
+    );
+    println!("customer status by the admin: {code} {message}");
+    assert_eq!(code, 403);
+    assert!(
+        message.contains("only the reserve-operator (a ServiceAccount of namespace reserve-system) writes the status of customers; admin may not"),
+        "{message}"
+    );
+    let (code, message) =
+        refusal(forge(&shop.orders(), "o1", json!({ "phase": "Canceled" })).await);
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("status of orders"), "{message}");
+
+    // Not even the operator's identity may change a snapshot.
+    let as_operator = ControlPlane::shared().client_as(&identity).await;
+    let orders: Api<Order> = Api::namespaced(as_operator, &shop.ns);
+    let (code, message) =
+        refusal(forge(&orders, "o1", json!({ "customerLevel": "Diamond" })).await);
+    println!("snapshot change by the operator's identity: {code} {message}");
+    assert_eq!(code, 422);
+    assert!(
+        message
+            .contains("status.customerLevel is a snapshot: once taken (Bronze) it never changes"),
+        "{message}"
+    );
+    let stored = shop.customers().get("alice").await.unwrap().status.unwrap();
+    assert_eq!((stored.score, stored.level.as_deref()), (6, Some("Silver")));
+}
+
+/// Puts the policy's binding back, even when the test fails.
+struct RestoreBinding;
+
+impl Drop for RestoreBinding {
+    fn drop(&mut self) {
+        let out = ControlPlane::shared().kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-k",
+            CRDS,
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}
+
+/// Polls until `check` holds; returns how long that took from `since`.
+async fn repaired<T>(
+    since: Instant,
+    what: &str,
+    mut get: impl AsyncFnMut() -> Option<T>,
+    check: impl Fn(&T) -> bool,
+) -> Duration {
+    loop {
+        if let Some(value) = get().await
+            && check(&value)
+        {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "{what} was not repaired within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_statuses_are_repaired_within_two_seconds() {
+    let _alone = POLICY.write().await;
+    let cp = ControlPlane::shared();
+    let shop = Shop::new("forged").await;
+    let (_, _operator) = shop.operator(&[]).await;
+    shop.customer("bob").await;
+    shop.order("done", "bob", 4, OrderState::Completed).await;
+    shop.order("waiting", "bob", 3, OrderState::Requested).await;
+    shop.expect_customer("bob", 4, "Bronze", (1, 0, 1)).await;
+    for order in ["done", "waiting"] {
+        shop.expect_order(order, "a snapshot", |s| {
+            s.customer_level.as_deref() == Some("Bronze")
+        })
+        .await;
+    }
+
+    // As a privileged user who bypasses the policy: its binding removed.
+    let _restore = RestoreBinding;
+    let out = cp.kubectl(&["delete", BINDING]);
+    assert!(out.status.success(), "{}", text(&out));
+    let customers: Api<Customer> = shop.customers();
+    let orders: Api<Order> = shop.orders();
+    eventually(
+        Duration::from_secs(30),
+        "the policy to stop applying",
+        || async {
+            forge(
+                &customers,
+                "bob",
+                json!({ "score": 100, "level": "Diamond" }),
+            )
+            .await
+            .ok()
+        },
+    )
+    .await;
+    let mut times = Vec::new();
+
+    // A forged customer status.
+    let forged = Instant::now();
+    forge(
+        &customers,
+        "bob",
+        json!({ "score": 100, "level": "Diamond" }),
+    )
+    .await
+    .unwrap();
+    times.push((
+        "customer score and level",
+        repaired(
+            forged,
+            "the customer's status",
+            async || customers.get("bob").await.ok()?.status,
+            |s| s.score == 4 && s.level.as_deref() == Some("Bronze"),
+        )
+        .await,
+    ));
+
+    // An order's phase forged forward: the score never follows it, the phase is repaired.
+    let forged = Instant::now();
+    forge(&orders, "waiting", json!({ "phase": "Completed" }))
+        .await
+        .unwrap();
+    times.push((
+        "order phase Requested -> Completed",
+        repaired(
+            forged,
+            "the order's phase",
+            async || orders.get("waiting").await.ok()?.status,
+            |s| s.phase == Some(OrderState::Requested),
+        )
+        .await,
+    ));
+    let forged = Instant::now();
+    forge(&orders, "done", json!({ "phase": "Canceled" }))
+        .await
+        .unwrap();
+    times.push((
+        "order phase Completed -> Canceled",
+        repaired(
+            forged,
+            "the order's phase",
+            async || orders.get("done").await.ok()?.status,
+            |s| s.phase == Some(OrderState::Completed),
+        )
+        .await,
+    ));
+
+    // A forged snapshot.
+    let forged = Instant::now();
+    forge(&orders, "done", json!({ "customerLevel": "Diamond" }))
+        .await
+        .unwrap();
+    times.push((
+        "order customerLevel",
+        repaired(
+            forged,
+            "the order's snapshot",
+            async || orders.get("done").await.ok()?.status,
+            |s| s.customer_level.as_deref() == Some("Bronze"),
+        )
+        .await,
+    ));
+
+    for (what, took) in &times {
+        println!("forged {what}: repaired after {:.3}s", took.as_secs_f64());
+    }
+    for (what, took) in &times {
+        assert!(
+            *took <= Duration::from_secs(2),
+            "forged {what} repaired after {took:?}"
+        );
+    }
+    // The forgeries never moved the score.
+    let (mismatches, _) = shop.mismatches(&LevelPolicy::default()).await;
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+}
