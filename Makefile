@@ -29,15 +29,19 @@ demo: ## start a local control plane and the operator, play the samples in examp
 	hack/demo.sh
 
 dev: tools ## start (or reuse) a local control plane with the API installed; prints the KUBECONFIG to use
-	@$(CARGO) build --quiet --bin reserve-cluster
+	@$(CARGO) build --quiet -p reserve-testkit --bin reserve-cluster
 	@target/debug/reserve-cluster up >/dev/null
 	@echo "Local control plane is up. Use it with:"
 	@echo "  $$(target/debug/reserve-cluster env)"
 	@echo "Run the operator against it with 'make run', stop it with 'make dev-down'."
 
 dev-down: ## stop the local control plane of `make dev` and delete its data
-	@$(CARGO) build --quiet --bin reserve-cluster
+	@$(CARGO) build --quiet -p reserve-testkit --bin reserve-cluster
 	target/debug/reserve-cluster down
 
 run: ## run the operator against the current KUBECONFIG as its ServiceAccount (INSTALL=1 installs the API and RBAC first; ARGS="--namespace coffee ...")
 	hack/run.sh $(ARGS)
+
+bench: tools ## benchmark against a real control plane (BENCH_ARGS: --sweep, --freshness, --help for all)
+	$(CARGO) build --release -p reserve-operator -p reserve-bench
+	target/release/reserve-bench $(BENCH_ARGS)

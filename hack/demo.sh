@@ -32,7 +32,7 @@ step "Building the operator and the control-plane tools (first run: several minu
 operator=${RESERVE_OPERATOR_BIN:-}
 cluster=${RESERVE_CLUSTER_BIN:-}
 if [[ -z $operator || -z $cluster ]]; then
-  cargo build --quiet --bin reserve-operator --bin reserve-cluster
+  cargo build --quiet -p reserve-operator -p reserve-testkit --bins
   operator=$repo/target/debug/reserve-operator
   cluster=$repo/target/debug/reserve-cluster
 fi

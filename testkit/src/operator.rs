@@ -43,6 +43,7 @@ pub struct Launch {
     kubeconfig: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    log: Option<PathBuf>,
 }
 
 impl Launch {
@@ -53,7 +54,14 @@ impl Launch {
             kubeconfig: kubeconfig.to_path_buf(),
             args: vec!["run".into()],
             env: Vec::new(),
+            log: None,
         }
+    }
+
+    /// Where its output goes (default: a file in the scratch directory).
+    pub fn log(mut self, path: PathBuf) -> Self {
+        self.log = Some(path);
+        self
     }
 
     pub fn args<I, S>(mut self, args: I) -> Self
@@ -72,7 +80,9 @@ impl Launch {
 
     pub fn spawn(self) -> OperatorProcess {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let log = watchdog().unique_path("operator", ".log");
+        let log = self
+            .log
+            .unwrap_or_else(|| watchdog().unique_path("operator", ".log"));
         let mut cmd = Command::new(&self.bin);
         cmd.args(&self.args)
             .arg("--probe-addr")

@@ -1,0 +1,284 @@
+//! One point of the converge benchmark: customers and a burst of orders driven through their
+//! states, with the operator running as its own process, then the figures.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{WatchStreamExt, watcher},
+};
+use reserve_operator::{
+    crd::{Customer, CustomerStatus, OrderState},
+    loyalty::{LevelPolicy, Standing},
+};
+use reserve_testkit::{
+    Launch, OperatorProcess, Probe,
+    shop::fresh_namespace,
+    workload::{Driver, Plan},
+};
+use tokio::sync::watch;
+
+use crate::{
+    Context, audit,
+    figures::{ConvergePoint, Generator, OperatorFigures, Restart},
+    floor, say,
+};
+
+/// The operator under measurement, on `namespace`, logging to `<out>/<log_name>.log`.
+pub fn start_operator(ctx: &Context, namespace: &str, log_name: &str) -> OperatorProcess {
+    Launch::new(&ctx.operator_bin, &ctx.operator_kubeconfig)
+        .args(["--no-leader-election", "--namespace", namespace])
+        .log(ctx.out.join(format!("{log_name}.log")))
+        .spawn()
+}
+
+pub async fn wait_ready(probe: &Probe, timeout: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if probe.is_ready().await {
+            return Ok(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("the operator was not ready within {timeout:?}"))
+}
+
+/// What /metrics says of the operator's work.
+pub async fn operator_metrics(probe: &Probe) -> Result<OperatorFigures, String> {
+    let metrics = probe
+        .metrics()
+        .await
+        .ok_or("the operator's /metrics does not answer")?;
+    let by = |name: &str, controller: &str| metrics.sum(name, &[("controller", controller)]);
+    Ok(OperatorFigures {
+        reconciles_customer: by("reserve_reconciles_total", "customer"),
+        reconciles_order: by("reserve_reconciles_total", "order"),
+        reconcile_errors: metrics.sum("reserve_reconcile_errors_total", &[]),
+        status_writes_customer: by("reserve_status_writes_total", "customer"),
+        status_writes_order: by("reserve_status_writes_total", "order"),
+        ..OperatorFigures::default()
+    })
+}
+
+/// Progress of the customers towards their expected standing, as a watch sees it.
+#[derive(Clone, Debug, Default)]
+struct Progress {
+    matching: usize,
+    /// Since when every customer has matched (None while some do not).
+    all_since: Option<Instant>,
+    events: u64,
+}
+
+fn watch_customers(
+    client: &Client,
+    ns: &str,
+    expected: Arc<BTreeMap<String, Standing>>,
+) -> (watch::Receiver<Progress>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(Progress::default());
+    let api: Api<Customer> = Api::namespaced(client.clone(), ns);
+    let task = tokio::spawn(async move {
+        let mut matching = HashSet::<String>::new();
+        let mut events = 0u64;
+        let mut stream = std::pin::pin!(
+            watcher(api, watcher::Config::default().any_semantic())
+                .default_backoff()
+                .applied_objects()
+        );
+        while let Some(event) = stream.next().await {
+            let Ok(customer) = event else { continue };
+            events += 1;
+            let name = customer.name_any();
+            let shown = customer.status.as_ref().and_then(CustomerStatus::standing);
+            if shown.as_ref() == expected.get(&name) {
+                matching.insert(name);
+            } else {
+                matching.remove(&name);
+            }
+            let all = matching.len() == expected.len();
+            tx.send_modify(|p| {
+                p.matching = matching.len();
+                p.events = events;
+                p.all_since = match (all, p.all_since) {
+                    (true, Some(since)) => Some(since),
+                    (true, None) => Some(Instant::now()),
+                    (false, _) => None,
+                };
+            });
+        }
+    });
+    (rx, task)
+}
+
+/// The wall-clock time of a monotonic instant in the past.
+fn wall(at: Instant) -> Timestamp {
+    Timestamp::now() - Instant::now().saturating_duration_since(at)
+}
+
+pub async fn run_point(
+    ctx: &Context,
+    customers: usize,
+    orders: usize,
+) -> Result<ConvergePoint, String> {
+    let c = ctx.concurrency;
+    let plan = Plan::new(customers, orders, ctx.seed);
+    let expected = Arc::new(plan.expected(&LevelPolicy::default()));
+    let ns = fresh_namespace(&ctx.client, &format!("bench-o{orders}")).await;
+    let mut operator = start_operator(ctx, &ns, &format!("operator-{orders}"));
+    wait_ready(operator.probe(), Duration::from_secs(60)).await?;
+    let idle = operator.stats().unwrap_or_default();
+    let (mut progress, watch_task) = watch_customers(&ctx.client, &ns, expected.clone());
+
+    // The generator.
+    let driver = Driver::new(&ctx.client, &ns, c);
+    let start = Instant::now();
+    let t_customers = driver.create_customers(&plan).await?;
+    say(format!(
+        "  {customers} customers created in {:.1}s",
+        t_customers.as_secs_f64()
+    ));
+    let t_orders = driver
+        .create_orders(&plan.orders, |_| OrderState::Requested)
+        .await?;
+    say(format!(
+        "  {orders} orders created in {:.1}s ({:.0}/s)",
+        t_orders.as_secs_f64(),
+        orders as f64 / t_orders.as_secs_f64()
+    ));
+    let mut t_changes = Duration::ZERO;
+    let mut state_changes = 0;
+    for wave in plan.waves() {
+        state_changes += wave.len();
+        t_changes += driver.set_states(&wave).await?;
+    }
+    let last_write = Instant::now();
+    say(format!(
+        "  {state_changes} state changes in {:.1}s; generator done after {:.1}s",
+        t_changes.as_secs_f64(),
+        (last_write - start).as_secs_f64()
+    ));
+
+    // Convergence, as the watch sees it.
+    let deadline = last_write + Duration::from_secs(ctx.converge_timeout);
+    let converged_at = loop {
+        let waited = tokio::time::timeout(
+            Duration::from_secs(10),
+            progress.wait_for(|p| p.all_since.is_some()),
+        )
+        .await
+        .map(|r| r.map(|p| p.all_since));
+        match waited {
+            Ok(Ok(since)) => break since.expect("waited for it"),
+            Ok(Err(_)) => return Err("the customer watch ended".into()),
+            Err(_) => {
+                let p = progress.borrow().clone();
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "not converged {}s after the last write: {}/{customers} customers match",
+                        ctx.converge_timeout, p.matching
+                    ));
+                }
+                say(format!(
+                    "  waiting: {}/{customers} customers match ({} watch events)",
+                    p.matching, p.events
+                ));
+            }
+        }
+    };
+    let lag = converged_at
+        .saturating_duration_since(last_write)
+        .as_secs_f64();
+    say(format!("  converged {lag:.3}s after the last write"));
+
+    // Quiet after convergence?
+    let at_convergence = operator_metrics(operator.probe()).await?;
+    tokio::time::sleep(Duration::from_secs(ctx.settle)).await;
+    let mut figures = operator_metrics(operator.probe()).await?;
+    let stats = operator.stats().unwrap_or_default();
+    let still_converged = progress.borrow().all_since.is_some();
+    let writes = |f: &OperatorFigures| f.status_writes_customer + f.status_writes_order;
+    figures.status_writes_after_convergence = writes(&figures) - writes(&at_convergence);
+    figures.idle_rss_kib = idle.rss_kib;
+    figures.peak_rss_kib = stats.peak_rss_kib;
+    figures.rss_kib = stats.rss_kib;
+    figures.cpu_seconds = stats.cpu_seconds;
+    figures.cpu_microseconds_per_reconcile =
+        stats.cpu_seconds * 1e6 / (figures.reconciles_customer + figures.reconciles_order).max(1.0);
+    operator.sigterm();
+    operator.wait_exit(Duration::from_secs(30));
+    let stopped = Timestamp::now();
+
+    // Restart once converged: how fast it is ready again, and that it writes nothing.
+    let restarted = start_operator(ctx, &ns, &format!("operator-{orders}-restart"));
+    let seconds_to_ready = wait_ready(restarted.probe(), Duration::from_secs(120))
+        .await?
+        .as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(ctx.settle)).await;
+    let after = operator_metrics(restarted.probe()).await?;
+    let restart = Restart {
+        seconds_to_ready,
+        status_writes: writes(&after),
+    };
+    drop(restarted);
+    watch_task.abort();
+    say(format!(
+        "  restart: ready after {seconds_to_ready:.2}s, {} status writes",
+        restart.status_writes
+    ));
+
+    let floor = if ctx.floor {
+        let floor = floor::measure(&ctx.generator, &ctx.as_operator, &plan, c, lag).await?;
+        say(format!(
+            "  floor: {} status writes in {:.2}s ({:.0}/s)",
+            floor.status_writes, floor.seconds, floor.writes_per_second
+        ));
+        Some(floor)
+    } else {
+        None
+    };
+
+    // Let the audit batch (max wait 1 s) reach the file.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let windows = audit::Windows {
+        last_write: wall(last_write),
+        converged: wall(converged_at),
+        stopped,
+    };
+    let transitions = plan.transitions();
+    let audit = audit::figures(
+        &ctx.cp.audit(),
+        &ctx.operator_user,
+        &ns,
+        &windows,
+        transitions,
+        customers,
+    );
+    Ok(ConvergePoint {
+        customers,
+        orders,
+        namespace: ns,
+        concurrency: c,
+        seed: ctx.seed,
+        generator: Generator {
+            order_creations: orders,
+            state_changes,
+            order_transitions: transitions,
+            customers_seconds: t_customers.as_secs_f64(),
+            orders_seconds: t_orders.as_secs_f64(),
+            state_changes_seconds: t_changes.as_secs_f64(),
+            seconds: (last_write - start).as_secs_f64(),
+        },
+        converge_lag_seconds: lag,
+        total_seconds: (converged_at - start).as_secs_f64(),
+        still_converged_after_settle: still_converged,
+        operator: figures,
+        audit,
+        floor,
+        restart,
+    })
+}

@@ -1,0 +1,205 @@
+//! Every figure the benchmark reports, typed: a figure that is not measured does not compile.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// One point of the converge benchmark: a burst of order transitions and how the operator
+/// catches up.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConvergePoint {
+    pub customers: usize,
+    pub orders: usize,
+    pub namespace: String,
+    pub concurrency: usize,
+    pub seed: u64,
+    pub generator: Generator,
+    /// From the generator's last write to the first moment a watch saw every Customer with its
+    /// expected standing.
+    pub converge_lag_seconds: f64,
+    /// From the generator's first write to that moment.
+    pub total_seconds: f64,
+    pub still_converged_after_settle: bool,
+    pub operator: OperatorFigures,
+    pub audit: AuditFigures,
+    pub floor: Option<Floor>,
+    pub restart: Restart,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Generator {
+    pub order_creations: usize,
+    pub state_changes: usize,
+    pub order_transitions: usize,
+    pub customers_seconds: f64,
+    pub orders_seconds: f64,
+    pub state_changes_seconds: f64,
+    pub seconds: f64,
+}
+
+/// The operator process, from /proc and its /metrics.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OperatorFigures {
+    pub idle_rss_kib: u64,
+    pub peak_rss_kib: u64,
+    pub rss_kib: u64,
+    pub cpu_seconds: f64,
+    pub reconciles_customer: f64,
+    pub reconciles_order: f64,
+    pub reconcile_errors: f64,
+    pub status_writes_customer: f64,
+    pub status_writes_order: f64,
+    pub status_writes_after_convergence: f64,
+    pub cpu_microseconds_per_reconcile: f64,
+}
+
+/// The operator's requests in the point's namespace, from the API server's audit log.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditFigures {
+    pub requests: u64,
+    /// "verb resource[/subresource]" -> requests.
+    pub by_request: BTreeMap<String, u64>,
+    /// "verb resource[/subresource] code" -> answers other than 2xx.
+    pub not_2xx: BTreeMap<String, u64>,
+    pub order_status_writes: u64,
+    pub customer_status_writes: u64,
+    pub status_write_conflicts: u64,
+    pub order_status_writes_per_transition: f64,
+    pub customer_status_writes_per_transition: f64,
+    pub customer_status_writes_per_customer: f64,
+    /// Status writes between the generator's last write and convergence.
+    pub status_writes_in_tail: u64,
+    pub status_writes_in_tail_per_second: f64,
+    /// Any write after convergence and before the operator stopped.
+    pub writes_after_convergence: u64,
+    pub status_writes_after_convergence: u64,
+}
+
+/// The same final statuses written directly by the bench, with the operator stopped.
+#[derive(Clone, Debug, Serialize)]
+pub struct Floor {
+    pub namespace: String,
+    pub status_writes: usize,
+    pub seconds: f64,
+    pub writes_per_second: f64,
+    pub converge_lag_over_floor: f64,
+}
+
+/// The operator stopped (SIGTERM) and started again once converged.
+#[derive(Clone, Debug, Serialize)]
+pub struct Restart {
+    /// From the new process's start to /readyz 200.
+    pub seconds_to_ready: f64,
+    /// Status writes by the new process within the settle window.
+    pub status_writes: f64,
+}
+
+/// The freshness benchmark: a sustained rate of transitions and how stale statuses get.
+#[derive(Clone, Debug, Serialize)]
+pub struct Freshness {
+    pub customers: usize,
+    pub rate_per_second: f64,
+    pub seconds: f64,
+    pub flowschema: bool,
+    /// Extra writers flooding the API server with order creations (0: none).
+    pub flood_concurrency: usize,
+    pub transitions: usize,
+    pub achieved_rate_per_second: f64,
+    /// Generator write answered -> a watch shows the customer's status reflecting it.
+    pub customer: Latency,
+    /// Generator write answered -> a watch shows the order's phase.
+    pub order: Latency,
+    pub order_status_writes_per_transition: f64,
+    pub customer_status_writes_per_transition: f64,
+    pub writes_per_transition: f64,
+    /// Flood requests that were throttled (429) or failed.
+    pub flood_requests: u64,
+    pub flood_rejected: u64,
+    pub operator: OperatorFigures,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    pub samples: usize,
+    /// Transitions never seen within the wait.
+    pub missing: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    pub fn of(mut millis: Vec<f64>, missing: usize) -> Latency {
+        if millis.is_empty() {
+            return Latency {
+                missing,
+                ..Latency::default()
+            };
+        }
+        millis.sort_by(f64::total_cmp);
+        let at = |q: f64| millis[((millis.len() - 1) as f64 * q).round() as usize];
+        Latency {
+            samples: millis.len(),
+            missing,
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            max_ms: millis[millis.len() - 1],
+        }
+    }
+}
+
+/// How one figure compares with its target.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub target: String,
+    /// None when this run cannot tell (a slope needs a sweep).
+    pub met: Option<bool>,
+    pub measured: String,
+}
+
+impl Target {
+    pub fn new(target: &str, met: impl Into<Option<bool>>, measured: String) -> Self {
+        Self {
+            target: target.into(),
+            met: met.into(),
+            measured,
+        }
+    }
+}
+
+/// RSS growth between two sweep points.
+#[derive(Clone, Debug, Serialize)]
+pub struct Growth {
+    pub from_orders: usize,
+    pub to_orders: usize,
+    pub peak_rss_kib_per_extra_order: f64,
+    pub settled_rss_kib_per_extra_order: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub date: String,
+    pub machine: String,
+    pub wall_seconds: f64,
+    pub points: Vec<ConvergePoint>,
+    pub rss_growth: Vec<Growth>,
+    pub cpu_microseconds_per_reconcile_max_over_min: Option<f64>,
+    pub freshness: Vec<Freshness>,
+    pub targets: Vec<Target>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_the_sorted_samples() {
+        let latency = Latency::of((1..=100).rev().map(f64::from).collect(), 2);
+        assert_eq!(latency.samples, 100);
+        assert_eq!(latency.missing, 2);
+        assert_eq!(latency.p50_ms, 51.0);
+        assert_eq!(latency.p99_ms, 99.0);
+        assert_eq!(latency.max_ms, 100.0);
+        assert_eq!(Latency::of(Vec::new(), 3).samples, 0);
+    }
+}

@@ -1,0 +1,396 @@
+//! The figure users feel: with order transitions arriving at a steady rate, how long from the
+//! generator's write (its answer) until a watch shows the customer's status, and the order's,
+//! reflecting it. Optionally under a flood of order creations by another writer.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use reserve_operator::{
+    crd::{Customer, Order, OrderState},
+    loyalty::Tally,
+};
+use reserve_testkit::{
+    fixtures,
+    shop::fresh_namespace,
+    workload::{Driver, GENERATOR, Plan, Rng, retry},
+};
+use serde_json::json;
+
+use crate::{
+    Context,
+    converge::{operator_metrics, start_operator, wait_ready},
+    figures::{Freshness, Latency},
+    say,
+};
+
+/// How long to wait for the last transitions to show.
+const DRAIN: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy)]
+enum Step {
+    Create,
+    Complete,
+    Refund,
+}
+
+/// What the generator did to one customer, in order: the tally after each transition, when the
+/// write was answered, and when a watch first showed it.
+#[derive(Default)]
+struct History {
+    tallies: Vec<Tally>,
+    answered: Vec<Instant>,
+    shown: Vec<Option<Instant>>,
+    /// Orders by state, for picking the next transition.
+    requested: Vec<(String, i64)>,
+    completed: Vec<(String, i64)>,
+    busy: bool,
+}
+
+type Histories = Arc<Mutex<HashMap<String, History>>>;
+
+/// When each (order, state) was answered and first shown.
+type OrderTimes = Arc<Mutex<HashMap<(String, OrderState), (Option<Instant>, Option<Instant>)>>>;
+
+pub async fn run(ctx: &Context, flood: usize) -> Result<Freshness, String> {
+    let customers = ctx.customers;
+    let plan = Plan::new(customers, 0, ctx.seed);
+    let ns = fresh_namespace(&ctx.generator, "bench-fresh").await;
+    let driver = Driver::new(&ctx.generator, &ns, ctx.concurrency);
+    driver.create_customers(&plan).await?;
+    let mut operator = start_operator(ctx, &ns, &format!("operator-freshness-flood{flood}"));
+    wait_ready(operator.probe(), Duration::from_secs(60)).await?;
+    // Every customer's first status is written before the measurement starts.
+    let before = loop {
+        let metrics = operator_metrics(operator.probe()).await?;
+        if metrics.status_writes_customer >= customers as f64 {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let histories: Histories = Arc::new(Mutex::new(
+        plan.customers
+            .iter()
+            .map(|c| (c.clone(), History::default()))
+            .collect(),
+    ));
+    let order_times: OrderTimes = Arc::default();
+    let watches = [
+        tokio::spawn(watch_customers(
+            ctx.client.clone(),
+            ns.clone(),
+            histories.clone(),
+        )),
+        tokio::spawn(watch_orders(
+            ctx.client.clone(),
+            ns.clone(),
+            order_times.clone(),
+        )),
+    ];
+    let flooding = (flood > 0).then(|| tokio::spawn(flood_orders(ctx.generator.clone(), flood)));
+
+    // The generator: one transition every 1/rate seconds, each for a customer with none in flight.
+    let orders: Api<Order> = Api::namespaced(ctx.generator.clone(), &ns);
+    let mut rng = Rng::new(ctx.seed);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / ctx.rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = Instant::now();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut transitions = 0usize;
+    let mut serial = 0usize;
+    while started.elapsed() < Duration::from_secs_f64(ctx.seconds) {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            Some(result) = in_flight.next() => { result?; continue; }
+        }
+        let Some((customer, step, order)) =
+            pick(&histories, &plan.customers, &mut rng, &mut serial)
+        else {
+            continue;
+        };
+        transitions += 1;
+        let (orders, histories, order_times) =
+            (orders.clone(), histories.clone(), order_times.clone());
+        in_flight.push(async move {
+            transition(&orders, &histories, &order_times, &customer, step, order).await
+        });
+    }
+    while let Some(result) = in_flight.next().await {
+        result?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(DRAIN).await;
+    for watch in watches {
+        watch.abort();
+    }
+    let (flood_requests, flood_rejected) = match flooding {
+        Some(task) => {
+            task.abort();
+            let _ = task.await;
+            (
+                FLOOD.0.load(std::sync::atomic::Ordering::Relaxed),
+                FLOOD.1.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        }
+        None => (0, 0),
+    };
+
+    let after = operator_metrics(operator.probe()).await?;
+    let stats = operator.stats().unwrap_or_default();
+    operator.sigterm();
+    operator.wait_exit(Duration::from_secs(30));
+    let (customer, order) = latencies(&histories, &order_times);
+    let per = |n: f64| n / transitions.max(1) as f64;
+    let order_writes = after.status_writes_order - before.status_writes_order;
+    let customer_writes = after.status_writes_customer - before.status_writes_customer;
+    say(format!(
+        "  freshness (flood {flood}): {transitions} transitions in {seconds:.1}s; customer p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; order p99 {:.0} ms",
+        customer.p50_ms, customer.p99_ms, customer.max_ms, order.p99_ms
+    ));
+    Ok(Freshness {
+        customers,
+        rate_per_second: ctx.rate,
+        seconds,
+        flowschema: ctx.flowschema,
+        flood_concurrency: flood,
+        transitions,
+        achieved_rate_per_second: transitions as f64 / seconds,
+        customer,
+        order,
+        order_status_writes_per_transition: per(order_writes),
+        customer_status_writes_per_transition: per(customer_writes),
+        writes_per_transition: per(order_writes + customer_writes),
+        flood_requests,
+        flood_rejected,
+        operator: crate::figures::OperatorFigures {
+            peak_rss_kib: stats.peak_rss_kib,
+            rss_kib: stats.rss_kib,
+            cpu_seconds: stats.cpu_seconds,
+            ..after
+        },
+    })
+}
+
+/// The next transition: a customer with nothing in flight, and what happens to it.
+fn pick(
+    histories: &Histories,
+    customers: &[String],
+    rng: &mut Rng,
+    serial: &mut usize,
+) -> Option<(String, Step, (String, i64))> {
+    let mut histories = histories.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..8 {
+        let customer = &customers[rng.below(customers.len() as u64) as usize];
+        let history = histories.get_mut(customer)?;
+        if history.busy {
+            continue;
+        }
+        history.busy = true;
+        let roll = rng.below(100);
+        let (step, order) = if roll < 45 && !history.requested.is_empty() {
+            let i = rng.below(history.requested.len() as u64) as usize;
+            (Step::Complete, history.requested.swap_remove(i))
+        } else if roll < 55 && !history.completed.is_empty() {
+            let i = rng.below(history.completed.len() as u64) as usize;
+            (Step::Refund, history.completed.swap_remove(i))
+        } else {
+            *serial += 1;
+            (
+                Step::Create,
+                (format!("f-{serial:07}"), 1 + rng.below(5) as i64),
+            )
+        };
+        return Some((customer.clone(), step, order));
+    }
+    None
+}
+
+async fn transition(
+    orders: &Api<Order>,
+    histories: &Histories,
+    order_times: &OrderTimes,
+    customer: &str,
+    step: Step,
+    (name, quantity): (String, i64),
+) -> Result<(), String> {
+    let state = match step {
+        Step::Create => {
+            let object = fixtures::order(&name, customer, quantity as i32, OrderState::Requested);
+            let pp = PostParams {
+                field_manager: Some(GENERATOR.into()),
+                ..Default::default()
+            };
+            retry(&format!("create {name}"), || orders.create(&pp, &object)).await?;
+            OrderState::Requested
+        }
+        Step::Complete | Step::Refund => {
+            let state = if matches!(step, Step::Complete) {
+                OrderState::Completed
+            } else {
+                OrderState::Canceled
+            };
+            let patch = Patch::Merge(json!({ "spec": { "state": state } }));
+            let pp = PatchParams {
+                field_manager: Some(GENERATOR.into()),
+                ..Default::default()
+            };
+            retry(&format!("set {name} to {state}"), || {
+                orders.patch(&name, &pp, &patch)
+            })
+            .await?;
+            state
+        }
+    };
+    let answered = Instant::now();
+    {
+        let mut times = order_times.lock().unwrap_or_else(|p| p.into_inner());
+        times.entry((name.clone(), state)).or_insert((None, None)).0 = Some(answered);
+    }
+    let mut histories = histories.lock().unwrap_or_else(|p| p.into_inner());
+    let history = histories.get_mut(customer).expect("a known customer");
+    let mut tally = history.tallies.last().copied().unwrap_or_default();
+    match step {
+        Step::Create => {
+            tally.open += 1;
+            history.requested.push((name, quantity));
+        }
+        Step::Complete => {
+            tally.open -= 1;
+            tally.completed += 1;
+            tally.score += quantity;
+            history.completed.push((name, quantity));
+        }
+        Step::Refund => {
+            tally.completed -= 1;
+            tally.canceled += 1;
+            tally.score -= quantity;
+        }
+    }
+    history.tallies.push(tally);
+    history.answered.push(answered);
+    history.shown.push(None);
+    history.busy = false;
+    Ok(())
+}
+
+/// Records, for every transition of every customer, when a watch first showed a status that
+/// reflects it (the tally after it, or a later one).
+async fn watch_customers(client: Client, ns: String, histories: Histories) {
+    let api: Api<Customer> = Api::namespaced(client, &ns);
+    let mut stream = std::pin::pin!(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+    );
+    while let Some(event) = stream.next().await {
+        let Ok(customer) = event else { continue };
+        let now = Instant::now();
+        let name = customer.name_any();
+        let Some(status) = customer.status else {
+            continue;
+        };
+        let shown = Tally {
+            score: status.score,
+            completed: status.completed_orders,
+            canceled: status.canceled_orders,
+            open: status.open_orders,
+        };
+        let mut histories = histories.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(history) = histories.get_mut(&name) else {
+            continue;
+        };
+        if let Some(j) = history.tallies.iter().rposition(|t| *t == shown) {
+            for seen in history.shown.iter_mut().take(j + 1) {
+                seen.get_or_insert(now);
+            }
+        }
+    }
+}
+
+async fn watch_orders(client: Client, ns: String, times: OrderTimes) {
+    let api: Api<Order> = Api::namespaced(client, &ns);
+    let mut stream = std::pin::pin!(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+    );
+    while let Some(event) = stream.next().await {
+        let Ok(order) = event else { continue };
+        let now = Instant::now();
+        let Some(phase) = order.status.as_ref().and_then(|s| s.phase) else {
+            continue;
+        };
+        let mut times = times.lock().unwrap_or_else(|p| p.into_inner());
+        times
+            .entry((order.name_any(), phase))
+            .or_insert((None, None))
+            .1
+            .get_or_insert(now);
+    }
+}
+
+fn latencies(histories: &Histories, order_times: &OrderTimes) -> (Latency, Latency) {
+    let millis = |answered: Instant, shown: Instant| {
+        shown.saturating_duration_since(answered).as_secs_f64() * 1000.0
+    };
+    let histories = histories.lock().unwrap_or_else(|p| p.into_inner());
+    let (mut customer, mut missing) = (Vec::new(), 0);
+    for history in histories.values() {
+        for (answered, shown) in history.answered.iter().zip(&history.shown) {
+            match shown {
+                Some(shown) => customer.push(millis(*answered, *shown)),
+                None => missing += 1,
+            }
+        }
+    }
+    let times = order_times.lock().unwrap_or_else(|p| p.into_inner());
+    let (mut order, mut order_missing) = (Vec::new(), 0);
+    for (answered, shown) in times.values() {
+        match (answered, shown) {
+            (Some(answered), Some(shown)) => order.push(millis(*answered, *shown)),
+            (Some(_), None) => order_missing += 1,
+            _ => {}
+        }
+    }
+    (
+        Latency::of(customer, missing),
+        Latency::of(order, order_missing),
+    )
+}
+
+/// Requests sent by the flood, and those refused (throttled or failed).
+static FLOOD: (std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64) = (
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+);
+
+/// Another writer creating orders in a namespace of its own as fast as `concurrency` allows.
+async fn flood_orders(client: Client, concurrency: usize) {
+    use std::sync::atomic::Ordering;
+    let ns = fresh_namespace(&client, "bench-flood").await;
+    let api: Api<Order> = Api::namespaced(client, &ns);
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    futures::stream::repeat(())
+        .for_each_concurrent(concurrency, |()| {
+            let (api, counter) = (&api, &counter);
+            async move {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let order =
+                    fixtures::order(&format!("flood-{n:08}"), "nobody", 1, OrderState::Requested);
+                FLOOD.0.fetch_add(1, Ordering::Relaxed);
+                if api.create(&PostParams::default(), &order).await.is_err() {
+                    FLOOD.1.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+        .await;
+}

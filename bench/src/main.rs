@@ -1,0 +1,326 @@
+//! `make bench`: the operator against a real control plane (the one the tests use, priority and
+//! fairness on), as its own release process and its own ServiceAccount.
+//!
+//! ```sh
+//! reserve-bench                                  # converge: 1,000 customers, 20,000 orders
+//! reserve-bench --sweep                          # 1,000 / 5,000 / 20,000 orders
+//! reserve-bench --customers 10000 --orders 100000
+//! reserve-bench --skip-converge --freshness --rate 200 --seconds 60 --flood 0,256 --flowschema both
+//! ```
+//!
+//! Figures are printed as a table and written to `target/bench/` as JSON and text.
+
+mod audit;
+mod converge;
+mod figures;
+mod floor;
+mod freshness;
+mod report;
+
+use std::{path::PathBuf, process::ExitCode, time::Instant};
+
+use clap::{Parser, ValueEnum};
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use reserve_testkit::{
+    AuditMode, ControlPlane, Identity, Lifetime, Options,
+    control_plane::text,
+    rbac,
+    shop::{OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT},
+    tools::repo_root,
+};
+
+use figures::{Growth, Summary};
+
+const SWEEP: [usize; 3] = [1_000, 5_000, 20_000];
+const FLOWCONTROL: &str = "manifests/operator/flowcontrol.yaml";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "reserve-bench",
+    about = "Benchmarks the operator against a real control plane"
+)]
+struct Args {
+    /// Customers (fixed across a sweep).
+    #[arg(long, default_value_t = 1_000)]
+    customers: usize,
+    /// Orders per converge point; several comma-separated values make a sweep.
+    #[arg(long, value_delimiter = ',')]
+    orders: Vec<usize>,
+    /// Shorthand for --orders 1000,5000,20000.
+    #[arg(long)]
+    sweep: bool,
+    /// Requests in flight at once, for the generator and the floor.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Give up when the customers have not converged this many seconds after the last write.
+    #[arg(long, default_value_t = 600)]
+    converge_timeout: u64,
+    /// How long to watch for further writes after convergence (and after a restart), in seconds.
+    #[arg(long, default_value_t = 5)]
+    settle: u64,
+    /// Skip the floor measurement.
+    #[arg(long)]
+    no_floor: bool,
+    /// Skip the converge points (e.g. to run only --freshness).
+    #[arg(long)]
+    skip_converge: bool,
+    /// Also run the freshness benchmark.
+    #[arg(long)]
+    freshness: bool,
+    /// Freshness: order transitions per second.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Freshness: how long, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    seconds: f64,
+    /// Freshness: concurrency of another writer flooding the API server with order creations;
+    /// several comma-separated values make several runs (0: no flood).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    flood: Vec<usize>,
+    /// Whether the operator's FlowSchema (manifests/operator/flowcontrol.yaml) is installed.
+    #[arg(long, value_enum, default_value_t = FlowSchema::On)]
+    flowschema: FlowSchema,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum FlowSchema {
+    On,
+    Off,
+    Both,
+}
+
+/// What every measurement needs.
+pub struct Context {
+    pub cp: ControlPlane,
+    /// The admin, for watching.
+    pub client: Client,
+    /// The load generator: a user of its own, so priority and fairness treat it like any writer.
+    pub generator: Client,
+    pub operator_bin: PathBuf,
+    pub operator_kubeconfig: PathBuf,
+    pub operator_user: String,
+    /// The operator's identity, for the floor's status writes (the policy admits no one else).
+    pub as_operator: Client,
+    pub out: PathBuf,
+    pub customers: usize,
+    pub concurrency: usize,
+    pub seed: u64,
+    pub converge_timeout: u64,
+    pub settle: u64,
+    pub floor: bool,
+    pub rate: f64,
+    pub seconds: f64,
+    pub flowschema: bool,
+}
+
+pub fn say(message: impl AsRef<str>) {
+    eprintln!("bench: {}", message.as_ref());
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = run(args) => result,
+            _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("bench: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                repo_root().join(p)
+            }
+        })
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let points = match (&args.orders[..], args.sweep, args.skip_converge) {
+        (_, _, true) => Vec::new(),
+        ([], true, _) => SWEEP.to_vec(),
+        ([], false, _) => vec![20_000],
+        (orders, _, _) => orders.to_vec(),
+    };
+    if args.customers == 0 || args.concurrency == 0 || points.contains(&0) || args.rate <= 0.0 {
+        return Err("--customers, --orders, --concurrency and --rate must be positive".into());
+    }
+    let operator_bin = target_dir().join("release/reserve-operator");
+    if !operator_bin.is_file() {
+        return Err(format!(
+            "{} is missing: cargo build --release --bin reserve-operator (make bench does)",
+            operator_bin.display()
+        ));
+    }
+    let out = target_dir().join("bench");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let wall = Instant::now();
+
+    let cluster = out.join("cluster");
+    let _ = std::fs::remove_dir_all(&cluster);
+    let cp = ControlPlane::start(Options {
+        dir: cluster,
+        lifetime: Lifetime::ThisProcess,
+        audit: AuditMode::Batch,
+    })?;
+    say(format!(
+        "control plane ready in {:.1}s",
+        cp.startup.as_secs_f64()
+    ));
+    let client = cp.client().await;
+    let operator = Identity::service_account(OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT);
+    let generator = Identity::user("reserve-bench");
+    rbac::grant_cluster_role(&client, &generator, "cluster-admin").await;
+    let mut ctx = Context {
+        generator: cp.client_as(&generator).await,
+        as_operator: cp.client_as(&operator).await,
+        operator_kubeconfig: cp.kubeconfig_as(&operator),
+        operator_user: operator.user,
+        client,
+        operator_bin,
+        out: out.clone(),
+        customers: args.customers,
+        concurrency: args.concurrency,
+        seed: args.seed,
+        converge_timeout: args.converge_timeout,
+        settle: args.settle,
+        floor: !args.no_floor,
+        rate: args.rate,
+        seconds: args.seconds,
+        flowschema: args.flowschema != FlowSchema::Off,
+        cp,
+    };
+    flowschema(&ctx, ctx.flowschema)?;
+
+    let mut results = Vec::new();
+    for (i, &orders) in points.iter().enumerate() {
+        say(format!(
+            "point {}/{}: {} customers, {orders} orders",
+            i + 1,
+            points.len(),
+            args.customers
+        ));
+        results.push(converge::run_point(&ctx, args.customers, orders).await?);
+    }
+    let mut fresh = Vec::new();
+    if args.freshness {
+        let settings: &[bool] = match args.flowschema {
+            FlowSchema::On => &[true],
+            FlowSchema::Off => &[false],
+            FlowSchema::Both => &[true, false],
+        };
+        for &with in settings {
+            flowschema(&ctx, with)?;
+            ctx.flowschema = with;
+            for &flood in &args.flood {
+                say(format!(
+                    "freshness: {}/s for {}s, FlowSchema {}, flood {flood}",
+                    args.rate,
+                    args.seconds,
+                    if with { "on" } else { "off" }
+                ));
+                fresh.push(freshness::run(&ctx, flood).await?);
+            }
+        }
+    }
+
+    let growth: Vec<Growth> = results
+        .windows(2)
+        .map(|w| {
+            let extra = (w[1].orders - w[0].orders) as f64;
+            Growth {
+                from_orders: w[0].orders,
+                to_orders: w[1].orders,
+                peak_rss_kib_per_extra_order: (w[1].operator.peak_rss_kib as f64
+                    - w[0].operator.peak_rss_kib as f64)
+                    / extra,
+                settled_rss_kib_per_extra_order: (w[1].operator.rss_kib as f64
+                    - w[0].operator.rss_kib as f64)
+                    / extra,
+            }
+        })
+        .collect();
+    let per_reconcile: Vec<f64> = results
+        .iter()
+        .map(|p| p.operator.cpu_microseconds_per_reconcile)
+        .collect();
+    let spread = (per_reconcile.len() > 1).then(|| {
+        per_reconcile.iter().copied().fold(f64::MIN, f64::max)
+            / per_reconcile.iter().copied().fold(f64::MAX, f64::min)
+    });
+    let targets = report::targets(&results, &growth, spread, &fresh);
+    let summary = Summary {
+        date: Timestamp::now().strftime("%Y-%m-%d").to_string(),
+        machine: machine(),
+        wall_seconds: wall.elapsed().as_secs_f64(),
+        points: results,
+        rss_growth: growth,
+        cpu_microseconds_per_reconcile_max_over_min: spread,
+        freshness: fresh,
+        targets,
+    };
+    let table = report::render(&summary);
+    println!("{table}");
+    let json = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+    for (name, text) in [("summary.json", json), ("summary.txt", table)] {
+        let path = out.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    say(format!(
+        "wrote {0}/summary.json and {0}/summary.txt",
+        out.display()
+    ));
+    ctx.cp.stop();
+    Ok(())
+}
+
+/// Installs or removes the operator's FlowSchema and PriorityLevelConfiguration.
+fn flowschema(ctx: &Context, on: bool) -> Result<(), String> {
+    let file = repo_root().join(FLOWCONTROL).display().to_string();
+    let args: &[&str] = if on {
+        &["apply", "--server-side", "-f", &file]
+    } else {
+        &["delete", "--ignore-not-found", "-f", &file]
+    };
+    let out = ctx.cp.kubectl(args);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("kubectl {args:?}: {}", text(&out)))
+    }
+}
+
+/// "2 cores (<model>), 24 GiB".
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024 / 1024);
+    format!("{cores} cores ({model}), {memory} GiB")
+}

@@ -1,0 +1,310 @@
+//! The figures as a table for people, and the targets they are held to.
+
+use std::fmt::Write as _;
+
+use crate::figures::{ConvergePoint, Freshness, Growth, Summary, Target};
+
+/// Targets, checked on the largest converge point and on the freshness runs.
+pub fn targets(
+    points: &[ConvergePoint],
+    growth: &[Growth],
+    spread: Option<f64>,
+    freshness: &[Freshness],
+) -> Vec<Target> {
+    let mut targets = Vec::new();
+    if let Some(big) = points.last() {
+        let transitions = big.generator.order_transitions as f64;
+        targets.push(Target::new(
+            "burst: converge lag <= 0.5 s after the last write",
+            big.converge_lag_seconds <= 0.5,
+            format!("{:.3} s at {} orders", big.converge_lag_seconds, big.orders),
+        ));
+        targets.push(Target::new(
+            "order status writes <= 1 per order transition",
+            big.audit.order_status_writes as f64 <= transitions,
+            format!(
+                "{:.3}/transition",
+                big.audit.order_status_writes_per_transition
+            ),
+        ));
+        targets.push(Target::new(
+            "customer status writes <= 1 per order transition",
+            big.audit.customer_status_writes as f64 <= transitions,
+            format!(
+                "{:.3}/transition ({:.1}/customer)",
+                big.audit.customer_status_writes_per_transition,
+                big.audit.customer_status_writes_per_customer
+            ),
+        ));
+        targets.push(Target::new(
+            "zero status writes after convergence",
+            big.audit.status_writes_after_convergence == 0
+                && big.operator.status_writes_after_convergence == 0.0,
+            format!(
+                "{} in the audit log, {} by /metrics",
+                big.audit.status_writes_after_convergence,
+                big.operator.status_writes_after_convergence
+            ),
+        ));
+        targets.push(Target::new(
+            "restart once converged: zero writes",
+            big.restart.status_writes == 0.0,
+            format!(
+                "{} writes, ready after {:.2} s",
+                big.restart.status_writes, big.restart.seconds_to_ready
+            ),
+        ));
+        if big.orders <= 20_000 {
+            targets.push(Target::new(
+                "peak RSS <= 40 MiB at 20,000 orders",
+                big.operator.peak_rss_kib as f64 <= 40.0 * 1024.0,
+                format!("{:.1} MiB", big.operator.peak_rss_kib as f64 / 1024.0),
+            ));
+        } else {
+            targets.push(Target::new(
+                "peak RSS <= 150 MiB at 100,000 orders",
+                big.operator.peak_rss_kib as f64 <= 150.0 * 1024.0,
+                format!("{:.1} MiB", big.operator.peak_rss_kib as f64 / 1024.0),
+            ));
+            targets.push(Target::new(
+                "converge lag <= 2 s at 100,000 orders",
+                big.converge_lag_seconds <= 2.0,
+                format!("{:.3} s", big.converge_lag_seconds),
+            ));
+            targets.push(Target::new(
+                "restart to ready <= 15 s",
+                big.restart.seconds_to_ready <= 15.0,
+                format!("{:.2} s", big.restart.seconds_to_ready),
+            ));
+        }
+    }
+    let slope = growth
+        .iter()
+        .map(|g| g.peak_rss_kib_per_extra_order)
+        .fold(f64::NAN, f64::max);
+    targets.push(Target::new(
+        "peak RSS growth <= 1 KiB per extra order",
+        (!growth.is_empty()).then_some(slope <= 1.0),
+        if growth.is_empty() {
+            "needs a sweep".into()
+        } else {
+            format!("{slope:.2} KiB/order")
+        },
+    ));
+    targets.push(Target::new(
+        "CPU per reconcile flat across the sweep (max/min <= 1.5)",
+        spread.map(|s| s <= 1.5),
+        spread.map_or("needs a sweep".into(), |s| format!("max/min {s:.2}")),
+    ));
+    for run in freshness {
+        let what = format!(
+            "freshness at {}/s{}{}",
+            run.rate_per_second,
+            if run.flood_concurrency > 0 {
+                format!(", flood {}", run.flood_concurrency)
+            } else {
+                String::new()
+            },
+            if run.flowschema {
+                ""
+            } else {
+                ", no FlowSchema"
+            }
+        );
+        let limit = if run.flood_concurrency > 0 {
+            1000.0
+        } else {
+            250.0
+        };
+        targets.push(Target::new(
+            &format!("{what}: customer p99 <= {limit:.0} ms"),
+            run.customer.p99_ms <= limit && run.customer.missing == 0,
+            format!(
+                "p99 {:.0} ms, max {:.0} ms, {} never shown",
+                run.customer.p99_ms, run.customer.max_ms, run.customer.missing
+            ),
+        ));
+        if run.flood_concurrency == 0 {
+            targets.push(Target::new(
+                &format!("{what}: customer max <= 1 s"),
+                run.customer.max_ms <= 1000.0,
+                format!("{:.0} ms", run.customer.max_ms),
+            ));
+        }
+        targets.push(Target::new(
+            &format!("{what}: writes <= 2 per transition"),
+            run.writes_per_transition <= 2.0,
+            format!("{:.2}", run.writes_per_transition),
+        ));
+    }
+    targets
+}
+
+type Row = (&'static str, fn(&ConvergePoint) -> String);
+
+fn f(v: f64, decimals: usize) -> String {
+    format!("{v:.decimals$}")
+}
+
+pub fn render(summary: &Summary) -> String {
+    let rows: Vec<Row> = vec![
+        ("customers", |p| p.customers.to_string()),
+        ("orders", |p| p.orders.to_string()),
+        ("order transitions", |p| {
+            p.generator.order_transitions.to_string()
+        }),
+        ("generator time (s)", |p| f(p.generator.seconds, 1)),
+        ("converge lag (s)", |p| f(p.converge_lag_seconds, 3)),
+        ("floor: final status writes", |p| {
+            p.floor
+                .as_ref()
+                .map_or("-".into(), |f| f.status_writes.to_string())
+        }),
+        ("floor: time (s)", |p| {
+            p.floor.as_ref().map_or("-".into(), |fl| f(fl.seconds, 2))
+        }),
+        ("lag / floor", |p| {
+            p.floor
+                .as_ref()
+                .map_or("-".into(), |fl| f(fl.converge_lag_over_floor, 3))
+        }),
+        ("tail: status writes", |p| {
+            p.audit.status_writes_in_tail.to_string()
+        }),
+        ("operator API requests", |p| p.audit.requests.to_string()),
+        ("order status writes", |p| {
+            p.audit.order_status_writes.to_string()
+        }),
+        ("  per order transition", |p| {
+            f(p.audit.order_status_writes_per_transition, 3)
+        }),
+        ("customer status writes", |p| {
+            p.audit.customer_status_writes.to_string()
+        }),
+        ("  per order transition", |p| {
+            f(p.audit.customer_status_writes_per_transition, 3)
+        }),
+        ("status write conflicts (409)", |p| {
+            p.audit.status_write_conflicts.to_string()
+        }),
+        ("writes after convergence", |p| {
+            p.audit.writes_after_convergence.to_string()
+        }),
+        ("restart: ready after (s)", |p| {
+            f(p.restart.seconds_to_ready, 2)
+        }),
+        ("restart: status writes", |p| f(p.restart.status_writes, 0)),
+        ("peak RSS (MiB)", |p| {
+            f(p.operator.peak_rss_kib as f64 / 1024.0, 1)
+        }),
+        ("CPU (s)", |p| f(p.operator.cpu_seconds, 1)),
+        ("reconciles customer", |p| {
+            f(p.operator.reconciles_customer, 0)
+        }),
+        ("reconciles order", |p| f(p.operator.reconciles_order, 0)),
+        ("CPU per reconcile (us)", |p| {
+            f(p.operator.cpu_microseconds_per_reconcile, 1)
+        }),
+    ];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "reserve-operator benchmark, {} on {}",
+        summary.date, summary.machine
+    );
+    if !summary.points.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<32}{}",
+            "figure",
+            summary
+                .points
+                .iter()
+                .map(|p| format!("{:>14}", format!("{} orders", p.orders)))
+                .collect::<String>()
+        );
+        for (label, value) in rows {
+            let _ = writeln!(
+                out,
+                "{label:<32}{}",
+                summary
+                    .points
+                    .iter()
+                    .map(|p| format!("{:>14}", value(p)))
+                    .collect::<String>()
+            );
+        }
+    }
+    for g in &summary.rss_growth {
+        let _ = writeln!(
+            out,
+            "peak RSS growth {} -> {} orders: {:.2} KiB per extra order (settled: {:.2})",
+            g.from_orders,
+            g.to_orders,
+            g.peak_rss_kib_per_extra_order,
+            g.settled_rss_kib_per_extra_order
+        );
+    }
+    for p in &summary.points {
+        let _ = writeln!(
+            out,
+            "\noperator requests at {} orders (audit log):",
+            p.orders
+        );
+        for (request, count) in &p.audit.by_request {
+            let _ = writeln!(out, "  {request:<40}{count:>10}");
+        }
+        for (request, count) in &p.audit.not_2xx {
+            let _ = writeln!(out, "  not 2xx: {request:<31}{count:>10}");
+        }
+    }
+    for run in &summary.freshness {
+        let _ = writeln!(
+            out,
+            "\nfreshness: {} transitions/s for {:.0} s over {} customers (achieved {:.1}/s), FlowSchema {}, flood {}:\n  customer status: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples, {} never shown)\n  order status:    p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  writes per transition: {:.2} ({:.2} order, {:.2} customer); flood requests {} ({} refused); operator CPU {:.1} s, peak RSS {:.1} MiB",
+            run.rate_per_second,
+            run.seconds,
+            run.customers,
+            run.achieved_rate_per_second,
+            if run.flowschema { "on" } else { "off" },
+            run.flood_concurrency,
+            run.customer.p50_ms,
+            run.customer.p99_ms,
+            run.customer.max_ms,
+            run.customer.samples,
+            run.customer.missing,
+            run.order.p50_ms,
+            run.order.p99_ms,
+            run.order.max_ms,
+            run.writes_per_transition,
+            run.order_status_writes_per_transition,
+            run.customer_status_writes_per_transition,
+            run.flood_requests,
+            run.flood_rejected,
+            run.operator.cpu_seconds,
+            run.operator.peak_rss_kib as f64 / 1024.0,
+        );
+    }
+    let _ = writeln!(out, "\ntargets:");
+    for t in &summary.targets {
+        let mark = match t.met {
+            Some(true) => "met",
+            Some(false) => "NOT MET",
+            None => "n/a",
+        };
+        let _ = writeln!(out, "  [{mark}] {}: {}", t.target, t.measured);
+    }
+    let _ = writeln!(out, "\n{NOTES}");
+    out
+}
+
+const NOTES: &str = "\
+Converge lag: from the generator's last write (its answer) to the first moment a watch on the \
+Customers saw every one with its expected standing (score, level, next level, counts). Order \
+transitions: creations plus spec.state changes. Status writes: the operator's successful \
+status patches in the audit log. Floor: the time the API server needs to accept exactly the \
+final statuses, written by the bench at the same concurrency with the operator stopped. \
+Restart: the operator stopped once converged and started again; time to /readyz 200, and its \
+status writes (none expected). RSS: VmHWM and VmRSS; CPU: utime+stime of the operator. \
+Freshness: for every transition, from the generator's answer to the first watch event showing \
+the customer's status (or the order's phase) reflecting it.";
