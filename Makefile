@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help test lint fmt crds tools
+.PHONY: help test lint fmt generate tools
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -17,11 +17,14 @@ lint: ## formatting and clippy, warnings are errors
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-crds: ## regenerate manifests/crds/crds.yaml from src/crd/
+generate: ## regenerate manifests/crds/crds.yaml from src/crd/ and copy the chart's files from manifests/
 	$(CARGO) run --quiet --bin reserve-operator -- crds > manifests/crds/crds.yaml
+	cp manifests/crds/crds.yaml charts/reserve-operator/files/crds.yaml
+	cp manifests/monitoring/prometheusrule.yaml manifests/monitoring/dashboard.json charts/reserve-operator/files/
 
-tools: ## build (once) kube-apiserver, kubectl and etcd into ~/.cache/reserve-operator
+tools: ## build (once) the pinned tools into ~/.cache/reserve-operator: kube-apiserver, kubectl, etcd; helm, promtool, health
 	@hack/control-plane-tools.sh >/dev/null
+	@hack/ecosystem-tools.sh >/dev/null
 
 .PHONY: demo dev dev-down run bench
 

@@ -65,8 +65,8 @@ pub struct Metrics {
 const CONTROLLERS: [&str; 2] = ["customer", "order"];
 
 impl Metrics {
-    /// The operator's metrics, plus what `collector` reports at each scrape.
-    pub fn new(error_labels: &[&str], collector: impl Collector) -> Self {
+    /// The operator's metrics, plus what `collectors` report at each scrape.
+    pub fn new(error_labels: &[&str], collectors: Vec<Box<dyn Collector>>) -> Self {
         let mut registry = Registry::with_prefix("reserve");
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register(
@@ -117,7 +117,9 @@ impl Metrics {
             "1 while this replica holds the Lease and reconciles",
             leader.clone(),
         );
-        registry.register_collector(Box::new(collector));
+        for collector in collectors {
+            registry.register_collector(collector);
+        }
         // Present at zero from the start, so alerts and rates on them work before the first event.
         for controller in CONTROLLERS {
             let label = ControllerLabel {
@@ -275,7 +277,7 @@ mod tests {
     }
 
     fn metrics() -> Metrics {
-        let metrics = Metrics::new(&["conflict"], Gold);
+        let metrics = Metrics::new(&["conflict"], vec![Box::new(Gold)]);
         drop(metrics.reconcile("customer"));
         metrics.reconcile_error("order", "conflict");
         metrics.status_write("order");

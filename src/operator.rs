@@ -21,7 +21,7 @@ use tracing::info;
 
 use crate::{
     cli::RunArgs,
-    controller::{self, Context, CustomersPerLevel, METRIC_LABELS, Readiness},
+    controller::{self, Context, CustomersPerLevel, METRIC_LABELS, Readiness, ReadyCollector},
     leader::{self, Election, Fence},
     metrics::Metrics,
     probe::Probes,
@@ -61,7 +61,10 @@ pub async fn run(
     let (caches, writers) = controller::caches();
     let metrics = Arc::new(Metrics::new(
         &METRIC_LABELS,
-        CustomersPerLevel(caches.customers.clone()),
+        vec![
+            Box::new(CustomersPerLevel(caches.customers.clone())),
+            Box::new(ReadyCollector(readiness.clone())),
+        ],
     ));
     let ctx = Arc::new(Context::new(
         client.clone(),

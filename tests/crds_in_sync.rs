@@ -1,4 +1,5 @@
-//! The committed CRDs are exactly what the Rust types generate.
+//! The committed CRDs are exactly what the Rust types generate, and the chart carries the same
+//! files as manifests/ (`make generate` writes them all).
 
 use std::process::Command;
 
@@ -49,5 +50,25 @@ fn crds_carry_every_validation_rule() {
         "jsonPath: .status.pointsToNextLevel",
     ] {
         assert!(yaml.contains(needle), "CRDs lack {needle:?}");
+    }
+}
+
+#[test]
+fn the_chart_carries_the_same_files_as_manifests() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for (chart, manifest) in [
+        ("crds.yaml", "manifests/crds/crds.yaml"),
+        (
+            "prometheusrule.yaml",
+            "manifests/monitoring/prometheusrule.yaml",
+        ),
+        ("dashboard.json", "manifests/monitoring/dashboard.json"),
+    ] {
+        let copy = std::fs::read(format!("{root}/charts/reserve-operator/files/{chart}")).unwrap();
+        let original = std::fs::read(format!("{root}/{manifest}")).unwrap();
+        assert!(
+            copy == original,
+            "charts/reserve-operator/files/{chart} differs from {manifest}: run `make generate`"
+        );
     }
 }

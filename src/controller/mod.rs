@@ -50,7 +50,7 @@ pub use context::Context;
 pub use error::{Error, METRIC_LABELS};
 pub use feed::Wakes;
 pub use index::Index;
-pub use readiness::Readiness;
+pub use readiness::{Readiness, ReadyCollector};
 pub use status::FIELD_MANAGER;
 
 use crate::crd::{Customer, Order};

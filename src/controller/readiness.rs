@@ -10,6 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::gauge::ConstGauge,
+};
 use tokio::sync::watch;
 
 /// A failing watch is retried with a backoff of up to about 30 s; without an event since its
@@ -159,6 +164,29 @@ impl Readiness {
         let mut state = self.state();
         state.failed_writes = state.failed_writes.saturating_add(1);
         state.last_failed_write = Some((Instant::now(), error));
+    }
+}
+
+/// `reserve_ready`: 1 while `/readyz` answers 200, computed at each scrape.
+#[derive(Clone)]
+pub struct ReadyCollector(pub Readiness);
+
+impl std::fmt::Debug for ReadyCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadyCollector")
+    }
+}
+
+impl Collector for ReadyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ready = ConstGauge::new(i64::from(self.0.problem().is_none()));
+        let metric = encoder.encode_descriptor(
+            "ready",
+            "1 while /readyz answers 200 (see /readyz for the reason when 0)",
+            None,
+            ready.metric_type(),
+        )?;
+        ready.encode(metric)
     }
 }
 

@@ -17,8 +17,21 @@ pub fn repo_root() -> &'static Path {
 /// Where kube-apiserver, kubectl and etcd live, building them first if they are missing.
 pub fn bin_dir() -> Result<&'static Path, String> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let script = repo_root().join("hack/control-plane-tools.sh");
+    built_by(&BIN, "hack/control-plane-tools.sh")
+}
+
+/// Where helm, promtool and the health helper live, building them first if they are missing.
+pub fn ecosystem_bin_dir() -> Result<&'static Path, String> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    built_by(&BIN, "hack/ecosystem-tools.sh")
+}
+
+fn built_by(
+    cell: &'static OnceLock<Result<PathBuf, String>>,
+    script: &str,
+) -> Result<&'static Path, String> {
+    cell.get_or_init(|| {
+        let script = repo_root().join(script);
         let out = Command::new(&script)
             .stderr(Stdio::inherit())
             .output()
