@@ -8,7 +8,7 @@ help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
 test: tools lint ## build the control-plane tools if missing, lint, run every test
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 lint: ## formatting and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check

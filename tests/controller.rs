@@ -242,6 +242,7 @@ async fn a_level_change_is_recorded_for_the_longest_names() {
     );
     assert_eq!(name.len(), 250);
     shop.customer(&name).await;
+    shop.expect_customer(&name, 0, "Bronze", (0, 0, 0)).await;
     shop.order("o1", &name, 5, Completed).await;
     shop.expect_customer(&name, 5, "Silver", (1, 0, 0)).await;
     let note = eventually(WAIT, "the LevelChanged event", || async {

@@ -42,10 +42,28 @@ fn refusal(result: Result<(), kube::Error>) -> (u16, String) {
     }
 }
 
+/// Waits until the policy refuses the admin's status writes (a binding just put back takes a
+/// moment to reach the admission plugin).
+async fn policy_in_force(shop: &Shop) {
+    shop.customer("policy-probe").await;
+    let customers = shop.customers();
+    eventually(
+        Duration::from_secs(30),
+        "the status policy to apply",
+        || async {
+            forge(&customers, "policy-probe", json!({ "score": 1 }))
+                .await
+                .err()
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn only_the_operator_writes_status_and_a_snapshot_never_changes() {
     let _policy = POLICY.read().await;
     let shop = Shop::new("policy").await;
+    policy_in_force(&shop).await;
     let (identity, _operator) = shop.operator(&[]).await;
     shop.customer("alice").await;
     shop.order("o1", "alice", 6, OrderState::Completed).await;

@@ -51,8 +51,9 @@ impl<K: Resource<DynamicType = ()>> Pacer<K> {
         let refilled = now.saturating_duration_since(bucket.at).as_secs_f64() * RATE;
         bucket.tokens = (bucket.tokens + refilled).min(BURST);
         bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        // A whole token, give or take the rounding of the refill (else a wait of "0 s" follows).
+        if bucket.tokens >= 1.0 - 1e-6 {
+            bucket.tokens = (bucket.tokens - 1.0).max(0.0);
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - bucket.tokens) / RATE))
