@@ -7,7 +7,9 @@ CARGO ?= cargo
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
-test: tools lint ## build the control-plane tools if missing, lint, run every test
+test: tools lint ## build the tools and the image if missing, lint, run every test (the node tests need root)
+	@if command -v buildah >/dev/null; then hack/image.sh operator >/dev/null; \
+	  else echo "note: no buildah here: the image and node tests will say they are skipped"; fi
 	$(CARGO) test --workspace --no-fail-fast
 
 lint: ## formatting and clippy, warnings are errors
@@ -22,11 +24,17 @@ generate: ## regenerate manifests/crds/crds.yaml from src/crd/ and copy the char
 	cp manifests/crds/crds.yaml charts/reserve-operator/files/crds.yaml
 	cp manifests/monitoring/prometheusrule.yaml manifests/monitoring/dashboard.json charts/reserve-operator/files/
 
-tools: ## build (once) the pinned tools into ~/.cache/reserve-operator: kube-apiserver, kubectl, etcd; helm, promtool, health
-	@hack/control-plane-tools.sh >/dev/null
+tools: ## build (once) the pinned tools into ~/.cache/reserve-operator: the control plane and node; helm, promtool, health
+	@hack/control-plane-tools.sh --node >/dev/null
 	@hack/ecosystem-tools.sh >/dev/null
 
-.PHONY: demo dev dev-down run bench
+image: ## build the operator's OCI image without Docker: target/image/reserve-operator-<version>.oci.tar
+	@hack/image.sh operator >/dev/null
+
+.PHONY: demo dev dev-down run bench image node-up node-down
+
+NODE_DIR ?= $(HOME)/.local/state/reserve-operator/node
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 
 demo: ## start a local control plane and the operator, play the samples in examples/, stop everything
 	hack/demo.sh
@@ -48,3 +56,14 @@ run: ## run the operator against the current KUBECONFIG as its ServiceAccount (I
 bench: tools ## benchmark against a real control plane (BENCH_ARGS: --sweep, --freshness, --help for all)
 	$(CARGO) build --release -p reserve-operator -p reserve-bench
 	target/release/reserve-bench $(BENCH_ARGS)
+
+node-up: tools image ## a control plane with one real node (root; containerd, runc, CNI, buildah from Debian) and the image imported; prints the KUBECONFIG
+	@$(CARGO) build --quiet -p reserve-testkit --bin reserve-cluster
+	@target/debug/reserve-cluster --dir $(NODE_DIR) up --node --image target/image/reserve-operator-$(VERSION).oci.tar >/dev/null
+	@echo "A control plane and one node are up. Use them with:"
+	@echo "  $$(target/debug/reserve-cluster --dir $(NODE_DIR) env)"
+	@echo "Deploy with 'kubectl apply -k tests/e2e' (the base, never pulling the image); stop with 'make node-down'."
+
+node-down: ## tear down the node of `make node-up`; says what, if anything, was left behind
+	@$(CARGO) build --quiet -p reserve-testkit --bin reserve-cluster
+	target/debug/reserve-cluster --dir $(NODE_DIR) down

@@ -178,6 +178,7 @@ async fn run(args: Args) -> Result<(), String> {
         dir: cluster,
         lifetime: Lifetime::ThisProcess,
         audit: AuditMode::Batch,
+        node: None,
     })?;
     say(format!(
         "control plane ready in {:.1}s",

@@ -14,9 +14,12 @@ pub const SERVING_CERT: &str = "apiserver.crt";
 pub const SERVING_KEY: &str = "apiserver.key";
 pub const SERVICE_ACCOUNT_KEY: &str = "sa.key";
 pub const SERVICE_ACCOUNT_PUBLIC_KEY: &str = "sa.pub";
+/// The API server's client certificate towards kubelets (logs, exec).
+pub const KUBELET_CLIENT_CERT: &str = "apiserver-kubelet-client.crt";
+pub const KUBELET_CLIENT_KEY: &str = "apiserver-kubelet-client.key";
 
-/// Writes the CA, a serving certificate for `addresses` and `names`, and the ServiceAccount key
-/// into `dir`; returns the CA certificate (PEM).
+/// Writes the CA, a serving certificate for `addresses` and `names`, the ServiceAccount key and
+/// the API server's client certificate towards kubelets into `dir`; returns the CA (PEM).
 pub fn write(dir: &Path, addresses: &[IpAddr], names: &[&str]) -> Result<String, String> {
     let fail = |e: rcgen::Error| format!("generating certificates: {e}");
     let mut ca_params = CertificateParams::default();
@@ -46,6 +49,23 @@ pub fn write(dir: &Path, addresses: &[IpAddr], names: &[&str]) -> Result<String,
     let serving_cert = serving.signed_by(&serving_key, &ca).map_err(fail)?;
     let service_account_key = KeyPair::generate().map_err(fail)?;
 
+    let mut kubelet_client = CertificateParams::default();
+    kubelet_client
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver-kubelet-client");
+    kubelet_client
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    kubelet_client.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    kubelet_client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let kubelet_client_key = KeyPair::generate().map_err(fail)?;
+    let kubelet_client_cert = kubelet_client
+        .signed_by(&kubelet_client_key, &ca)
+        .map_err(fail)?;
+
     let write = |name: &str, text: String| {
         std::fs::write(dir.join(name), text)
             .map_err(|e| format!("{}: {e}", dir.join(name).display()))
@@ -58,5 +78,7 @@ pub fn write(dir: &Path, addresses: &[IpAddr], names: &[&str]) -> Result<String,
         SERVICE_ACCOUNT_PUBLIC_KEY,
         service_account_key.public_key_pem(),
     )?;
+    write(KUBELET_CLIENT_CERT, kubelet_client_cert.pem())?;
+    write(KUBELET_CLIENT_KEY, kubelet_client_key.serialize_pem())?;
     Ok(ca.pem())
 }

@@ -48,7 +48,13 @@ pub struct Options {
     pub dir: PathBuf,
     pub lifetime: Lifetime,
     pub audit: AuditMode,
+    /// A node joins: its kubelet gets a token (as `system:node:<name>`), and the API server a
+    /// client certificate towards it (for `kubectl logs`).
+    pub node: Option<String>,
 }
+
+/// The bearer token of the node's kubelet, in the control plane's directory.
+pub const NODE_TOKEN: &str = "node.token";
 
 /// What a detached control plane leaves in its directory, so `down` and `env` find it again.
 #[derive(Serialize, Deserialize)]
@@ -95,6 +101,7 @@ impl ControlPlane {
                 dir: watchdog().dir().join("control-plane"),
                 lifetime: Lifetime::ThisProcess,
                 audit: AuditMode::Blocking,
+                node: None,
             }),
         });
         match started {
@@ -143,13 +150,17 @@ impl ControlPlane {
                 "kubernetes.default.svc.cluster.local",
             ],
         )?;
-        let token = admin_token();
+        let token = random_token();
         let tokens = dir.join("tokens.csv");
-        std::fs::write(
-            &tokens,
-            format!("{token},admin,admin-uid,\"system:masters\"\n"),
-        )
-        .map_err(io(&tokens))?;
+        let mut users = format!("{token},admin,admin-uid,\"system:masters\"\n");
+        if let Some(node) = &options.node {
+            let node_token = random_token();
+            users.push_str(&format!(
+                "{node_token},system:node:{node},node-{node},\"system:nodes\"\n"
+            ));
+            std::fs::write(dir.join(NODE_TOKEN), &node_token).map_err(io(&dir))?;
+        }
+        std::fs::write(&tokens, users).map_err(io(&tokens))?;
         let policy = dir.join("audit-policy.yaml");
         std::fs::write(&policy, audit::POLICY).map_err(io(&policy))?;
 
@@ -197,6 +208,16 @@ impl ControlPlane {
             "--profiling=false".into(),
             "--v=1".into(),
         ];
+        if options.node.is_some() {
+            apiserver_args.extend([
+                format!(
+                    "--kubelet-client-certificate={}",
+                    p(certs::KUBELET_CLIENT_CERT)
+                ),
+                format!("--kubelet-client-key={}", p(certs::KUBELET_CLIENT_KEY)),
+                "--kubelet-preferred-address-types=InternalIP".to_owned(),
+            ]);
+        }
         apiserver_args.extend(match options.audit {
             AuditMode::Blocking => vec!["--audit-log-mode=blocking".to_owned()],
             AuditMode::Batch => vec![
@@ -347,7 +368,12 @@ impl ControlPlane {
 
     /// The API server's URL, e.g. `https://127.0.0.1:41234` (local control plane only).
     pub fn server(&self) -> String {
-        format!("https://127.0.0.1:{}", self.local("server()").port)
+        format!("https://127.0.0.1:{}", self.port())
+    }
+
+    /// The API server's port on 127.0.0.1 (local control plane only).
+    pub fn port(&self) -> u16 {
+        self.local("port()").port
     }
 
     /// Scratch directory of the local control plane (certificates, logs, etcd data).
@@ -612,7 +638,7 @@ pub fn text(out: &Output) -> String {
     )
 }
 
-fn admin_token() -> String {
+fn random_token() -> String {
     use std::io::Read;
     let mut bytes = [0u8; 24];
     std::fs::File::open("/dev/urandom")

@@ -8,6 +8,7 @@ mod certs;
 pub mod control_plane;
 pub mod fixtures;
 pub mod invariants;
+pub mod node;
 pub mod operator;
 pub mod probe;
 pub mod process;

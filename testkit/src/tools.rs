@@ -20,6 +20,13 @@ pub fn bin_dir() -> Result<&'static Path, String> {
     built_by(&BIN, "hack/control-plane-tools.sh")
 }
 
+/// Where the node's kubelet, kube-controller-manager and kube-scheduler live (beside
+/// kube-apiserver), building them first if they are missing.
+pub fn node_bin_dir() -> Result<&'static Path, String> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    built_by_with(&BIN, "hack/control-plane-tools.sh", &["--node"])
+}
+
 /// Where helm, promtool and the health helper live, building them first if they are missing.
 pub fn ecosystem_bin_dir() -> Result<&'static Path, String> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -30,9 +37,18 @@ fn built_by(
     cell: &'static OnceLock<Result<PathBuf, String>>,
     script: &str,
 ) -> Result<&'static Path, String> {
+    built_by_with(cell, script, &[])
+}
+
+fn built_by_with(
+    cell: &'static OnceLock<Result<PathBuf, String>>,
+    script: &str,
+    args: &[&str],
+) -> Result<&'static Path, String> {
     cell.get_or_init(|| {
         let script = repo_root().join(script);
         let out = Command::new(&script)
+            .args(args)
             .stderr(Stdio::inherit())
             .output()
             .map_err(|e| format!("{}: {e}", script.display()))?;

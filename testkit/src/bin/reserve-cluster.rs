@@ -6,6 +6,10 @@
 //!                        # (the operator's own, as its ServiceAccount, is operator.kubeconfig beside it)
 //! reserve-cluster env    # prints `export KUBECONFIG=... PATH=...`
 //! reserve-cluster down   # stop it (by its recorded pids) and delete its data
+//!
+//! reserve-cluster up --node --image target/image/reserve-operator-0.1.0.oci.tar
+//!                        # a control plane able to host pods plus one node (root); `down` tears
+//!                        # everything down and says what, if anything, was left behind
 //! ```
 
 use std::{path::PathBuf, process::ExitCode};
@@ -13,6 +17,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use reserve_testkit::{
     AuditMode, ControlPlane, Identity, Lifetime, Options,
+    node::Node,
     shop::{OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT},
     tools,
 };
@@ -33,7 +38,14 @@ struct Args {
 #[derive(Subcommand)]
 enum Action {
     /// Start it, or reuse the one running in the directory; prints the kubeconfig path.
-    Up,
+    Up {
+        /// Also a node (kubelet, containerd, CNI bridge, controllers), so pods run.
+        #[arg(long)]
+        node: bool,
+        /// OCI archives to import into the node's containerd.
+        #[arg(long = "image", requires = "node")]
+        images: Vec<PathBuf>,
+    },
     /// Print the line that points kubectl at it.
     Env,
     /// Stop it and delete its directory.
@@ -44,7 +56,29 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let dir = args.dir.unwrap_or_else(default_dir);
     match args.command {
-        Action::Up => {
+        Action::Up { node: true, images } => {
+            if dir.join("node.json").exists() {
+                eprintln!(
+                    "reserve-cluster: a node already runs in {} (down first)",
+                    dir.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            match Node::up(&dir, Lifetime::Detached, &images) {
+                Ok(node) => {
+                    println!("{}", node.cp.kubeconfig().display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("reserve-cluster: {e}");
+                    if let Err(e) = Node::down(&dir) {
+                        eprintln!("reserve-cluster: cleaning up: {e}");
+                    }
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Action::Up { node: false, .. } => {
             if let Some(running) = ControlPlane::attach(&dir) {
                 eprintln!("reserve-cluster: already running ({})", dir.display());
                 println!("{}", running.kubeconfig().display());
@@ -59,6 +93,7 @@ fn main() -> ExitCode {
                 dir,
                 lifetime: Lifetime::Detached,
                 audit: AuditMode::Batch,
+                node: None,
             }) {
                 Ok(cp) => {
                     // The operator runs as its ServiceAccount: the status policy admits no one else.
@@ -88,12 +123,27 @@ fn main() -> ExitCode {
             let bin = tools::bin_dir()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
+            let kubeconfig = if dir.join("node.json").exists() {
+                dir.join("control-plane/kubeconfig")
+            } else {
+                dir.join("kubeconfig")
+            };
             println!(
                 "export KUBECONFIG={} PATH={bin}:$PATH",
-                dir.join("kubeconfig").display()
+                kubeconfig.display()
             );
             ExitCode::SUCCESS
         }
+        Action::Down if dir.join("node.json").exists() => match Node::down(&dir) {
+            Ok(()) => {
+                eprintln!("reserve-cluster: the node is down; nothing left behind");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("reserve-cluster: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Action::Down => {
             match ControlPlane::attach(&dir) {
                 Some(cp) => {
