@@ -27,13 +27,15 @@ pub fn targets(
                 big.audit.order_status_writes_per_transition
             ),
         ));
+        // Each customer's first status is not an order transition's.
+        let writes = big.audit.order_status_writes + big.audit.customer_status_writes;
+        let per_transition = (writes.saturating_sub(big.customers as u64)) as f64 / transitions;
         targets.push(Target::new(
-            "customer status writes <= 1 per order transition",
-            big.audit.customer_status_writes as f64 <= transitions,
+            "status writes <= 2 per order transition (one order, at most one customer)",
+            per_transition <= 2.0,
             format!(
-                "{:.3}/transition ({:.1}/customer)",
-                big.audit.customer_status_writes_per_transition,
-                big.audit.customer_status_writes_per_customer
+                "{per_transition:.3}/transition, not counting each customer's first status ({:.3} customer writes/transition)",
+                big.audit.customer_status_writes_per_transition
             ),
         ));
         targets.push(Target::new(

@@ -10,7 +10,6 @@ use kube::{
 use tracing::{debug, info, instrument, warn};
 
 use super::{
-    RESYNC,
     conditions::{self, Observation},
     context::Context,
     error::Error,
@@ -89,7 +88,7 @@ pub async fn reconcile(customer: Arc<Customer>, ctx: Arc<Context>) -> Result<Act
         debug!("status up to date");
     }
     kind.backoff.succeeded(&customer);
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::await_change())
 }
 
 async fn publish_level_change(

@@ -55,8 +55,9 @@ pub use status::FIELD_MANAGER;
 
 use crate::crd::{Customer, Order};
 
-/// Every object is looked at again this long after its last reconcile, as a backstop: changes
-/// made by anyone else wake a reconcile at once.
+/// Every object is looked at again this often, as a backstop: changes made by anyone else wake
+/// a reconcile at once. One sweep per term, not one timer per object, so memory does not grow
+/// with a scheduled entry for every object.
 pub const RESYNC: Duration = Duration::from_secs(600);
 
 /// Reconciles at once, per controller.
@@ -190,13 +191,16 @@ async fn run_watch<K: feed::Watchable>(
         .await;
 }
 
-/// Drops what no reconcile reads, so cache memory follows the data that matters.
+/// Drops what no reconcile reads (managed fields, labels, annotations, timestamps), so cache
+/// memory follows the data that matters.
 fn strip<K: kube::Resource>(obj: &mut K) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
+    meta.annotations = None;
+    meta.labels = None;
+    meta.creation_timestamp = None;
+    meta.owner_references = None;
+    meta.generate_name = None;
 }
 
 /// One term of leadership: reconciles every object once, then what the watches wake, until
@@ -216,21 +220,17 @@ pub async fn lead(
         _ = stop.clone() => return,
     }
     let (customer_queue, order_queue) = ctx.triggers.open();
-    let everything = Wakes {
-        customers: caches
-            .customers
-            .state()
-            .iter()
-            .map(|c| ObjectRef::from_obj(c.as_ref()))
-            .collect(),
-        orders: caches
-            .orders
-            .state()
-            .iter()
-            .map(|o| ObjectRef::from_obj(o.as_ref()))
-            .collect(),
+    // Everything at the start of the term, then every RESYNC.
+    let sweep = {
+        let (ctx, caches) = (ctx.clone(), caches.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(RESYNC);
+            loop {
+                every.tick().await;
+                ctx.triggers.wake(everything(&caches));
+            }
+        })
     };
-    ctx.triggers.wake(everything);
     info!("reconciling");
 
     let config = controller::Config::default().concurrency(CONCURRENCY);
@@ -259,8 +259,27 @@ pub async fn lead(
         future::ready(())
     });
     future::join(customers, orders).await;
+    sweep.abort();
     ctx.triggers.close();
     info!("stopped reconciling");
+}
+
+/// Every object in the caches.
+fn everything(caches: &Caches) -> Wakes {
+    Wakes {
+        customers: caches
+            .customers
+            .state()
+            .iter()
+            .map(|c| ObjectRef::from_obj(c.as_ref()))
+            .collect(),
+        orders: caches
+            .orders
+            .state()
+            .iter()
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect(),
+    }
 }
 
 /// The wakes of a term as the applier's queue, ending (gracefully) when `stop` resolves.

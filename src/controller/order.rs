@@ -11,7 +11,6 @@ use kube::{
 use tracing::{debug, instrument, warn};
 
 use super::{
-    RESYNC,
     conditions::{self, Observation},
     context::Context,
     error::Error,
@@ -147,7 +146,7 @@ pub async fn reconcile(order: Arc<Order>, ctx: Arc<Context>) -> Result<Action, E
         debug!("status up to date");
     }
     kind.backoff.succeeded(&order);
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::await_change())
 }
 
 pub fn error_policy(order: Arc<Order>, error: &Error, ctx: Arc<Context>) -> Action {
