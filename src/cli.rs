@@ -56,6 +56,12 @@ pub struct RunArgs {
     #[arg(long, env = "RESERVE_IDENTITY")]
     pub identity: Option<String>,
 
+    /// Settle Orders that have been Completed or Canceled for longer than this (e.g. `30d`,
+    /// `12h`) into their customer's Ledger, and delete them; only in namespaces labelled
+    /// `reserve.coffeechain.io/settlement=enabled`. Off unless set.
+    #[arg(long, env = "RESERVE_SETTLE_AFTER", value_parser = parse_age)]
+    pub settle_after: Option<std::time::Duration>,
+
     /// Log format.
     #[arg(long, env = "RESERVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -78,6 +84,15 @@ fn parse_levels(s: &str) -> Result<LevelPolicy, String> {
         .map_err(|e: crate::loyalty::PolicyError| e.to_string())
 }
 
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let age = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not an age such as 30d, 12h or 90s: {e}"))?;
+    if age.is_zero() {
+        return Err("the settlement age must be more than 0".into());
+    }
+    Ok(age)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +113,21 @@ mod tests {
         assert!(args.leader_election());
         assert_eq!(args.probe_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(args.namespace, None);
+        assert_eq!(args.settle_after, None);
+    }
+
+    #[test]
+    fn settle_after_takes_an_age_and_names_what_is_wrong() {
+        let args = run_args(&["--settle-after", "30d"]).unwrap();
+        assert_eq!(
+            args.settle_after,
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        for bad in ["soon", "0s", "3 fortnights"] {
+            let err = run_args(&["--settle-after", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+            assert!(err.to_string().contains("--settle-after"), "{err}");
+        }
     }
 
     #[test]

@@ -199,6 +199,26 @@ impl Tally {
         }
         tally
     }
+
+    /// This tally and `other` together.
+    pub fn plus(self, other: Tally) -> Tally {
+        Tally {
+            score: self.score + other.score,
+            completed: self.completed + other.completed,
+            canceled: self.canceled + other.canceled,
+            open: self.open + other.open,
+        }
+    }
+
+    /// This tally without `other`.
+    pub fn minus(self, other: Tally) -> Tally {
+        Tally {
+            score: self.score - other.score,
+            completed: self.completed - other.completed,
+            canceled: self.canceled - other.canceled,
+            open: self.open - other.open,
+        }
+    }
 }
 
 /// Where a customer stands: the tally, the level it gives, and what is left to the next level.

@@ -60,6 +60,7 @@ pub struct Metrics {
     status_writes: Family<ControllerLabel, Counter>,
     withheld: Family<ControllerLabel, Counter>,
     leader: Gauge,
+    settled: Counter,
 }
 
 const CONTROLLERS: [&str; 2] = ["customer", "order"];
@@ -117,6 +118,12 @@ impl Metrics {
             "1 while this replica holds the Lease and reconciles",
             leader.clone(),
         );
+        let settled = Counter::default();
+        registry.register(
+            "orders_settled",
+            "Orders settled into their customer's ledger and deleted",
+            settled.clone(),
+        );
         for collector in collectors {
             registry.register_collector(collector);
         }
@@ -145,6 +152,7 @@ impl Metrics {
             status_writes,
             withheld,
             leader,
+            settled,
         }
     }
 
@@ -184,6 +192,10 @@ impl Metrics {
                 controller: controller.into(),
             })
             .inc();
+    }
+
+    pub fn orders_settled(&self, count: u64) {
+        self.settled.inc_by(count);
     }
 
     pub fn set_leader(&self, leading: bool) {

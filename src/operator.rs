@@ -21,7 +21,9 @@ use tracing::info;
 
 use crate::{
     cli::RunArgs,
-    controller::{self, Context, CustomersPerLevel, METRIC_LABELS, Readiness, ReadyCollector},
+    controller::{
+        self, Context, CustomersPerLevel, LedgerCounts, METRIC_LABELS, Readiness, ReadyCollector,
+    },
     leader::{self, Election, Fence},
     metrics::Metrics,
     probe::Probes,
@@ -63,6 +65,7 @@ pub async fn run(
         &METRIC_LABELS,
         vec![
             Box::new(CustomersPerLevel(caches.customers.clone())),
+            Box::new(LedgerCounts(caches.ledgers.clone())),
             Box::new(ReadyCollector(readiness.clone())),
         ],
     ));
@@ -102,8 +105,11 @@ pub async fn run(
     };
     let lead = {
         let ctx = ctx.clone();
+        let settle = args
+            .settle_after
+            .map(|after| (after, args.namespace.clone()));
         move |stop: Shared<BoxFuture<'static, ()>>| {
-            controller::lead(ctx.clone(), caches.clone(), stop)
+            controller::lead(ctx.clone(), caches.clone(), settle.clone(), stop)
         }
     };
     if args.leader_election() {

@@ -334,6 +334,44 @@ fn the_helm_chart_lints_applies_and_grants_what_the_kustomize_base_grants() {
         );
     }
 
+    // Settlement: off by default; switched on, the chart grants what manifests/settlement
+    // grants, and sets the same configuration.
+    assert!(
+        !rendered.contains("reserve-operator-settlement")
+            && !rendered.contains("RESERVE_SETTLE_AFTER")
+    );
+    let out = helm(&[
+        "template",
+        "reserve",
+        &chart,
+        "--namespace",
+        "reserve-system",
+        "--set",
+        "settlement.enabled=true,settlement.settleAfter=14d",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let settling = String::from_utf8(out.stdout).unwrap();
+    let out = cp.kubectl(&["kustomize", &format!("{REPO}/examples/kustomize/settled")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let settled_base = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        rules_of(&settling, "ClusterRole"),
+        rules_of(&settled_base, "ClusterRole"),
+        "settlement rules of the chart and of manifests/settlement differ"
+    );
+    assert!(
+        rules_of(&settled_base, "ClusterRole").contains("reserve.coffeechain.io/orders[]:delete")
+    );
+    for config in [&settling, &settled_base] {
+        assert!(
+            config.contains("RESERVE_SETTLE_AFTER: 14d")
+                || config.contains("RESERVE_SETTLE_AFTER: \"14d\""),
+            "{config}"
+        );
+    }
+    let out = cp.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &settling);
+    assert!(out.status.success(), "{}", text(&out));
+
     // Installed elsewhere, the status policy and the FlowSchema follow the namespace.
     let out = helm(&[
         "template",

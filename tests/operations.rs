@@ -108,6 +108,9 @@ async fn manifests_pass_server_side_dry_run_and_grant_exactly_the_documented_rul
         "customresourcedefinition.apiextensions.k8s.io/orders.reserve.coffeechain.io",
         "validatingadmissionpolicy.admissionregistration.k8s.io/reserve-operator-status",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/reserve-operator-status",
+        "customresourcedefinition.apiextensions.k8s.io/ledgers.reserve.coffeechain.io",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/reserve-operator-ledgers",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/reserve-operator-ledgers",
     ] {
         assert!(listed.contains(object), "{object} missing from\n{listed}");
     }
@@ -175,6 +178,9 @@ async fn manifests_pass_server_side_dry_run_and_grant_exactly_the_documented_rul
         "reserve.coffeechain.io/orders[]:get",
         "reserve.coffeechain.io/orders[]:list",
         "reserve.coffeechain.io/orders[]:watch",
+        "reserve.coffeechain.io/ledgers[]:get",
+        "reserve.coffeechain.io/ledgers[]:list",
+        "reserve.coffeechain.io/ledgers[]:watch",
         "reserve.coffeechain.io/customers/status[]:patch",
         "reserve.coffeechain.io/orders/status[]:patch",
         "events.k8s.io/events[]:create",
@@ -279,6 +285,8 @@ async fn service_account_can_do_what_the_operator_needs_and_nothing_else() {
         &["list", "orders.reserve.coffeechain.io", "-A"],
         &["watch", "orders.reserve.coffeechain.io", "-A"],
         &["get", "orders.reserve.coffeechain.io", "-n", ns],
+        &["list", "ledgers.reserve.coffeechain.io", "-A"],
+        &["watch", "ledgers.reserve.coffeechain.io", "-A"],
         &[
             "patch",
             "customers.reserve.coffeechain.io",
@@ -337,6 +345,10 @@ async fn service_account_can_do_what_the_operator_needs_and_nothing_else() {
         ],
         &["create", "customers.reserve.coffeechain.io", "-n", ns],
         &["create", "orders.reserve.coffeechain.io", "-n", ns],
+        // Settlement's rules come only with manifests/settlement.
+        &["create", "ledgers.reserve.coffeechain.io", "-n", ns],
+        &["update", "ledgers.reserve.coffeechain.io", "-n", ns],
+        &["delete", "ledgers.reserve.coffeechain.io", "-n", ns],
         &["create", "events", "-n", ns],
         &["patch", "events.events.k8s.io", "-n", ns],
         &["delete", "events.events.k8s.io", "-n", ns],
@@ -563,6 +575,8 @@ async fn operator_with_the_service_account_token_reconciles_without_a_403() {
         "reserve.coffeechain.io/customers:watch",
         "reserve.coffeechain.io/orders:list",
         "reserve.coffeechain.io/orders:watch",
+        "reserve.coffeechain.io/ledgers:list",
+        "reserve.coffeechain.io/ledgers:watch",
         "reserve.coffeechain.io/customers/status:patch",
         "reserve.coffeechain.io/orders/status:patch",
         "events.k8s.io/events:create",
@@ -578,6 +592,9 @@ async fn operator_with_the_service_account_token_reconciles_without_a_403() {
         "reserve.coffeechain.io/orders:get",
         "reserve.coffeechain.io/orders:list",
         "reserve.coffeechain.io/orders:watch",
+        "reserve.coffeechain.io/ledgers:get",
+        "reserve.coffeechain.io/ledgers:list",
+        "reserve.coffeechain.io/ledgers:watch",
         "reserve.coffeechain.io/customers/status:patch",
         "reserve.coffeechain.io/orders/status:patch",
         "events.k8s.io/events:create",

@@ -27,6 +27,7 @@ pub struct Kind<K: Resource, S> {
 }
 
 pub struct Context {
+    client: Client,
     pub policy: LevelPolicy,
     index: RwLock<Index>,
     pub customers: Kind<Customer, CustomerStatus>,
@@ -52,6 +53,7 @@ impl Context {
         readiness: Readiness,
     ) -> Self {
         Self {
+            client: client.clone(),
             policy,
             index: RwLock::default(),
             customers: Kind {
@@ -69,6 +71,10 @@ impl Context {
             readiness,
             triggers: Triggers::default(),
         }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     pub fn index(&self) -> RwLockReadGuard<'_, Index> {

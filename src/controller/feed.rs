@@ -17,10 +17,11 @@ use tracing::warn;
 
 use super::{
     Context,
-    index::{Index, ListedCustomer, ListedOrder},
+    index::{Index, ListedCustomer, ListedLedger, ListedOrder},
     readiness::Watched,
+    settlement,
 };
-use crate::crd::{Customer, Order};
+use crate::crd::{Customer, Ledger, Order};
 
 /// The objects a watch event wakes.
 #[derive(Debug, Default, PartialEq)]
@@ -46,6 +47,23 @@ pub trait Watchable:
     /// Whether the event shows this process's own status write.
     fn is_own_echo(ctx: &Context, obj: &Self) -> bool;
     fn forget(ctx: &Context, obj: &Self);
+
+    /// Drops what nothing reads from a cached object, so cache memory follows the data that
+    /// matters.
+    fn slim(obj: &mut Self) {
+        strip(obj);
+    }
+}
+
+/// Drops managed fields, labels, annotations and timestamps: no reconcile reads them.
+fn strip<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.labels = None;
+    meta.creation_timestamp = None;
+    meta.owner_references = None;
+    meta.generate_name = None;
 }
 
 impl Watchable for Customer {
@@ -131,6 +149,56 @@ impl Watchable for Order {
     fn forget(ctx: &Context, order: &Self) {
         ctx.orders.writer.forget(order)
     }
+
+    /// Keeps, of all the metadata settlement reads, one mark: whether the order is declared
+    /// in Git (such an order is never settled).
+    fn slim(order: &mut Self) {
+        let declared = settlement::is_declared(order.meta());
+        strip(order);
+        if declared {
+            settlement::mark_declared(order.meta_mut());
+        }
+    }
+}
+
+impl Watchable for Ledger {
+    type Listed = ListedLedger;
+    const KIND: Watched = Watched::Ledgers;
+
+    fn listed(_: &mut Index, ledger: &Self) -> ListedLedger {
+        Index::listed_ledger(ledger)
+    }
+
+    fn reset(index: &mut Index, listed: Vec<ListedLedger>) -> Wakes {
+        Wakes {
+            customers: index.reset_ledgers(listed),
+            ..Wakes::default()
+        }
+    }
+
+    fn apply(index: &mut Index, ledger: &Self) -> Wakes {
+        Wakes {
+            customers: index.apply_ledger(ledger).into_iter().collect(),
+            ..Wakes::default()
+        }
+    }
+
+    fn delete(index: &mut Index, ledger: &Self) -> Wakes {
+        Wakes {
+            customers: index.delete_ledger(ledger).into_iter().collect(),
+            ..Wakes::default()
+        }
+    }
+
+    /// A ledger is its customer's: a change wakes the customer (when what counts changed,
+    /// through `apply`), never a ledger reconcile (there is none).
+    fn wake(_: &mut Wakes, _: ObjectRef<Self>) {}
+
+    fn is_own_echo(_: &Context, _: &Self) -> bool {
+        false
+    }
+
+    fn forget(_: &Context, _: &Self) {}
 }
 
 /// Feeds the events of one watch (after its reflector has applied them to `store`) into the

@@ -1,5 +1,6 @@
 //! What the reconcilers need to know about the cluster, fed by the watches: which Customers
-//! exist, and the facts of every Order that count towards a score, grouped by customer.
+//! exist, the facts of every Order that count towards a score, grouped by customer, and each
+//! customer's Ledger of settled orders.
 //!
 //! The index holds no client. Each update says which objects it affects, so a change to one
 //! Order wakes only its Customer, and a Customer appearing or disappearing wakes only its
@@ -14,7 +15,7 @@ use std::{
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
 
 use crate::{
-    crd::{Customer, Order, OrderState},
+    crd::{Customer, Ledger, Order, OrderState},
     loyalty::{MISSING_CUSTOMER_LEVEL, Tally},
 };
 
@@ -65,7 +66,7 @@ impl CustomerKey {
         )
     }
 
-    fn customer_ref(&self) -> ObjectRef<Customer> {
+    pub fn customer_ref(&self) -> ObjectRef<Customer> {
         ObjectRef::new(&self.name).within(&self.namespace)
     }
 
@@ -87,6 +88,29 @@ pub struct ListedCustomer {
     uid: u64,
 }
 
+/// What a customer's Ledger holds: the tally of its settled orders, among them the orders
+/// absorbed there whose deletion is not confirmed yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LedgerFacts {
+    pub settled: Tally,
+    /// Absorbed orders: name, uid hash, and what the ledger counted for each.
+    absorbed: Vec<(String, u64, OrderState, i64)>,
+    /// The resourceVersion these facts were read at.
+    pub resource_version: String,
+}
+
+impl LedgerFacts {
+    fn absorbs(&self, uid: u64) -> bool {
+        self.absorbed.iter().any(|(_, hash, ..)| *hash == uid)
+    }
+}
+
+/// One Ledger as a (re-)list hands it to the index.
+pub struct ListedLedger {
+    key: CustomerKey,
+    facts: LedgerFacts,
+}
+
 #[derive(Debug, Default)]
 pub struct Index {
     /// Customers by key, with a hash of their uid (a new uid under a name is a new customer).
@@ -95,6 +119,8 @@ pub struct Index {
     orders: HashMap<CustomerKey, HashMap<String, OrderFacts>>,
     /// Level names seen in snapshots, shared by every order that has them.
     levels: HashSet<Arc<str>>,
+    /// Ledgers by customer.
+    ledgers: HashMap<CustomerKey, LedgerFacts>,
 }
 
 fn uid_hash(uid: Option<String>) -> u64 {
@@ -253,6 +279,81 @@ impl Index {
             .collect()
     }
 
+    /// What the index keeps of a Ledger.
+    pub fn listed_ledger(ledger: &Ledger) -> ListedLedger {
+        ListedLedger {
+            key: CustomerKey::new(ledger.namespace().unwrap_or_default(), ledger.name_any()),
+            facts: LedgerFacts {
+                settled: Tally {
+                    score: ledger.spec.score,
+                    completed: ledger.spec.completed_orders,
+                    canceled: ledger.spec.canceled_orders,
+                    open: 0,
+                },
+                absorbed: ledger
+                    .spec
+                    .absorbed
+                    .iter()
+                    .map(|a| {
+                        let uid = uid_hash(Some(a.uid.clone()));
+                        (a.name.clone(), uid, a.state, a.quantity)
+                    })
+                    .collect(),
+                resource_version: ledger.resource_version().unwrap_or_default(),
+            },
+        }
+    }
+
+    /// Records an added or changed Ledger. Returns its Customer when what counts changed.
+    pub fn apply_ledger(&mut self, ledger: &Ledger) -> Option<ObjectRef<Customer>> {
+        let ListedLedger { key, facts } = Self::listed_ledger(ledger);
+        let changed = self.ledgers.get(&key) != Some(&facts);
+        self.ledgers.insert(key.clone(), facts);
+        changed.then(|| key.customer_ref())
+    }
+
+    /// Forgets a deleted Ledger. Returns its Customer.
+    pub fn delete_ledger(&mut self, ledger: &Ledger) -> Option<ObjectRef<Customer>> {
+        let key = CustomerKey::new(ledger.namespace().unwrap_or_default(), ledger.name_any());
+        self.ledgers.remove(&key).map(|_| key.customer_ref())
+    }
+
+    /// Replaces every Ledger after a (re-)list. Returns the Customers whose ledger changed.
+    pub fn reset_ledgers(&mut self, listed: Vec<ListedLedger>) -> Vec<ObjectRef<Customer>> {
+        let ledgers: HashMap<CustomerKey, LedgerFacts> =
+            listed.into_iter().map(|l| (l.key, l.facts)).collect();
+        let old = std::mem::replace(&mut self.ledgers, ledgers);
+        let keys: HashSet<&CustomerKey> = old.keys().chain(self.ledgers.keys()).collect();
+        keys.into_iter()
+            .filter(|key| old.get(*key) != self.ledgers.get(*key))
+            .map(CustomerKey::customer_ref)
+            .collect()
+    }
+
+    /// The ledger of one customer, if it has one.
+    pub fn ledger_of(&self, key: &CustomerKey) -> Option<&LedgerFacts> {
+        self.ledgers.get(key)
+    }
+
+    /// Whether the index still holds the order `name` with this `uid` for the customer `key`.
+    pub fn holds_order(&self, key: &CustomerKey, name: &str, uid: &str) -> bool {
+        self.holds(key, name, uid_hash(Some(uid.to_owned())))
+    }
+
+    fn holds(&self, key: &CustomerKey, name: &str, uid: u64) -> bool {
+        self.orders
+            .get(key)
+            .and_then(|orders| orders.get(name))
+            .is_some_and(|facts| facts.uid == uid)
+    }
+
+    /// Whether `order` is counted in its customer's ledger already (on its way out).
+    pub fn is_absorbed(&self, order: &Order) -> bool {
+        self.ledgers
+            .get(&CustomerKey::of_order(order))
+            .is_some_and(|l| l.absorbs(uid_hash(order.uid())))
+    }
+
     pub fn has_customer(&self, key: &CustomerKey) -> bool {
         self.customers.contains_key(key)
     }
@@ -265,13 +366,30 @@ impl Index {
             .flat_map(|orders| orders.iter().map(|(name, facts)| (name.as_str(), facts)))
     }
 
-    /// The tally of one customer's orders, leaving out the order named `without` if any.
+    /// The tally of one customer, leaving out the order named `without` if any: the orders its
+    /// ledger settled for good, its live orders as they are now, and the orders absorbed in the
+    /// ledger that are gone already, as the ledger counted them. An absorbed order that still
+    /// exists counts as it is now (had it changed since, its deletion will be refused and the
+    /// ledger will give it back), so a settlement never changes a score, at any step.
     pub fn tally_of(&self, key: &CustomerKey, without: Option<&str>) -> Tally {
-        Tally::of(
+        let live = Tally::of(
             self.orders_of(key)
                 .filter(|(name, _)| Some(*name) != without)
                 .map(|(_, facts)| (facts.state, facts.quantity)),
-        )
+        );
+        let Some(ledger) = self.ledgers.get(key) else {
+            return live;
+        };
+        let absorbed =
+            |(_, _, state, quantity): &(String, u64, OrderState, i64)| (*state, *quantity);
+        let gone = ledger.absorbed.iter().filter(|(name, uid, ..)| {
+            Some(name.as_str()) != without && !self.holds(key, name, *uid)
+        });
+        ledger
+            .settled
+            .minus(Tally::of(ledger.absorbed.iter().map(absorbed)))
+            .plus(live)
+            .plus(Tally::of(gone.map(absorbed)))
     }
 
     /// The customer level this order's status showed first, if the index has seen one.
@@ -403,6 +521,67 @@ mod tests {
         again.metadata.uid = Some("other".into());
         index.apply_order(&again);
         assert_eq!(index.snapshot_of(&again), None);
+    }
+
+    fn ledger(ns: &str, customer: &str, score: i64, completed: i64, absorbed: &[&Order]) -> Ledger {
+        use crate::crd::{AbsorbedOrder, LedgerSpec};
+        let mut ledger = Ledger::new(
+            customer,
+            LedgerSpec {
+                score,
+                completed_orders: completed,
+                absorbed: absorbed
+                    .iter()
+                    .map(|o| AbsorbedOrder {
+                        name: o.name_any(),
+                        uid: o.uid().unwrap(),
+                        resource_version: "1".into(),
+                        state: o.spec.state,
+                        quantity: i64::from(o.spec.quantity),
+                    })
+                    .collect(),
+                ..LedgerSpec::default()
+            },
+        );
+        ledger.metadata.namespace = Some(ns.into());
+        ledger
+    }
+
+    #[test]
+    fn a_ledger_counts_settled_orders_and_the_orders_it_absorbed_count_only_there() {
+        let mut index = Index::default();
+        let live = order("ns", "live", "alice", 2, Completed);
+        let going = order("ns", "going", "alice", 5, Completed);
+        index.apply_order(&live);
+        index.apply_order(&going);
+        assert_eq!(index.tally_of(&key("ns", "alice"), None).score, 7);
+        // The ledger records 10 settled points, among them `going`, which still exists.
+        let woken = index.apply_ledger(&ledger("ns", "alice", 10, 3, &[&going]));
+        assert_eq!(woken, Some(ObjectRef::new("alice").within("ns")));
+        assert!(index.is_absorbed(&going) && !index.is_absorbed(&live));
+        let tally = index.tally_of(&key("ns", "alice"), None);
+        assert_eq!((tally.score, tally.completed), (12, 4));
+        // Without it, the customer has what the ledger settled before it, and `live`.
+        assert_eq!(index.tally_of(&key("ns", "alice"), Some("going")).score, 7);
+        // Its deletion changes nothing, nor does forgetting it afterwards.
+        index.delete_order(&going);
+        assert_eq!(index.tally_of(&key("ns", "alice"), None).score, 12);
+        index.apply_ledger(&ledger("ns", "alice", 10, 3, &[]));
+        assert_eq!(index.tally_of(&key("ns", "alice"), None).score, 12);
+        assert_eq!(index.tally_of(&key("ns", "alice"), Some("live")).score, 10);
+        // A refund of an absorbed order before its deletion counts at once.
+        let refunded = order("ns", "refunded", "alice", 4, Completed);
+        index.apply_order(&refunded);
+        index.apply_ledger(&ledger("ns", "alice", 14, 4, &[&refunded]));
+        assert_eq!(index.tally_of(&key("ns", "alice"), None).score, 16);
+        index.apply_order(&order("ns", "refunded", "alice", 4, Canceled));
+        let tally = index.tally_of(&key("ns", "alice"), None);
+        assert_eq!((tally.score, tally.completed, tally.canceled), (12, 4, 1));
+        index.delete_order(&refunded);
+        index.apply_ledger(&ledger("ns", "alice", 10, 3, &[]));
+        // The ledger outlives its customer and counts again for one of the same name.
+        index.apply_customer(&customer("ns", "alice", "u2"));
+        assert_eq!(index.tally_of(&key("ns", "alice"), None).score, 12);
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! time and folds the wakes that arrive meanwhile into one more, so a busy customer is written
 //! as fast as the API server accepts, never held back by a debounce.
 //!
-//! Neither controller acts before both caches hold a full list: a customer reconciled against
-//! half of its orders would publish a wrong score.
+//! Neither controller acts before every cache holds a full list: a customer reconciled against
+//! half of its orders, or without its ledger, would publish a wrong score. With `--settle-after`,
+//! the term also runs [`settlement`].
 
 pub mod conditions;
 mod context;
@@ -19,6 +20,7 @@ pub mod index;
 pub mod order;
 mod pacer;
 mod readiness;
+pub mod settlement;
 pub mod status;
 
 use std::{
@@ -53,7 +55,7 @@ pub use index::Index;
 pub use readiness::{Readiness, ReadyCollector};
 pub use status::FIELD_MANAGER;
 
-use crate::crd::{Customer, Order};
+use crate::crd::{Customer, Ledger, Order};
 
 /// Every object is looked at again this often, as a backstop: changes made by anyone else wake
 /// a reconcile at once. One sweep per term, not one timer per object, so memory does not grow
@@ -63,11 +65,12 @@ pub const RESYNC: Duration = Duration::from_secs(600);
 /// Reconciles at once, per controller.
 pub const CONCURRENCY: u16 = 64;
 
-/// The caches of both kinds, filled by the watches.
+/// The caches of every watched kind, filled by the watches.
 #[derive(Clone)]
 pub struct Caches {
     pub customers: Store<Customer>,
     pub orders: Store<Order>,
+    pub ledgers: Store<Ledger>,
 }
 
 /// Where watch events send what they wake: the queues of the current term, if any.
@@ -118,22 +121,29 @@ impl Triggers {
 pub struct CacheWriters {
     customers: reflector::store::Writer<Customer>,
     orders: reflector::store::Writer<Order>,
+    ledgers: reflector::store::Writer<Ledger>,
 }
 
-/// Empty caches of both kinds, and what fills them.
+/// Empty caches of every watched kind, and what fills them.
 pub fn caches() -> (Caches, CacheWriters) {
     let (customers, customer_writer) = reflector::store();
     let (orders, order_writer) = reflector::store();
+    let (ledgers, ledger_writer) = reflector::store();
     (
-        Caches { customers, orders },
+        Caches {
+            customers,
+            orders,
+            ledgers,
+        },
         CacheWriters {
             customers: customer_writer,
             orders: order_writer,
+            ledgers: ledger_writer,
         },
     )
 }
 
-/// Starts the watches of both kinds (on `namespace`, or all) into the caches; they run until
+/// Starts the watches of every kind (on `namespace`, or all) into the caches; they run until
 /// the returned handle is dropped.
 pub fn watch(
     client: &Client,
@@ -152,6 +162,11 @@ pub fn watch(
             api(client, namespace),
             writers.orders,
             feed::feed(ctx.clone(), caches.orders.clone()),
+        )),
+        tokio::spawn(run_watch(
+            api(client, namespace),
+            writers.ledgers,
+            feed::feed(ctx.clone(), caches.ledgers.clone()),
         )),
     ])
 }
@@ -184,23 +199,11 @@ async fn run_watch<K: feed::Watchable>(
 ) {
     watcher::watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(strip)
+        .modify(K::slim)
         .reflect(writer)
         .inspect(feed)
         .for_each(|_| future::ready(()))
         .await;
-}
-
-/// Drops what no reconcile reads (managed fields, labels, annotations, timestamps), so cache
-/// memory follows the data that matters.
-fn strip<K: kube::Resource>(obj: &mut K) {
-    let meta = obj.meta_mut();
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.creation_timestamp = None;
-    meta.owner_references = None;
-    meta.generate_name = None;
 }
 
 /// One term of leadership: reconciles every object once, then what the watches wake, until
@@ -208,6 +211,7 @@ fn strip<K: kube::Resource>(obj: &mut K) {
 pub async fn lead(
     ctx: Arc<Context>,
     caches: Caches,
+    settle: Option<(Duration, Option<String>)>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
     let stop = stop.shared();
@@ -231,6 +235,14 @@ pub async fn lead(
             }
         })
     };
+    let settlement = settle.map(|(after, namespace)| {
+        tokio::spawn(settlement::run(
+            ctx.clone(),
+            caches.clone(),
+            after,
+            namespace,
+        ))
+    });
     info!("reconciling");
 
     let config = controller::Config::default().concurrency(CONCURRENCY);
@@ -260,6 +272,9 @@ pub async fn lead(
     });
     future::join(customers, orders).await;
     sweep.abort();
+    if let Some(settlement) = settlement {
+        settlement.abort();
+    }
     ctx.triggers.close();
     info!("stopped reconciling");
 }
@@ -307,6 +322,34 @@ fn log_result<K, E1, E2>(
         }
         Err(controller::Error::ReconcilerFailed(..)) => {}
         Err(error) => warn!(controller, %error, "controller error"),
+    }
+}
+
+/// `reserve_ledgers` and `reserve_orders_settling`: ledgers in the cache, and the orders
+/// absorbed in them whose deletion is not confirmed yet, counted at each scrape.
+#[derive(Debug)]
+pub struct LedgerCounts(pub Store<Ledger>);
+
+impl Collector for LedgerCounts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ledgers = self.0.state();
+        let settling: usize = ledgers.iter().map(|l| l.spec.absorbed.len()).sum();
+        for (name, help, value) in [
+            (
+                "ledgers",
+                "Ledgers of settled orders, from the operator's cache",
+                ledgers.len(),
+            ),
+            (
+                "orders_settling",
+                "Orders absorbed in a ledger whose deletion is not confirmed yet",
+                settling,
+            ),
+        ] {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value as i64).encode(family)?;
+        }
+        Ok(())
     }
 }
 

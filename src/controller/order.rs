@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Resource, ResourceExt,
     runtime::{controller::Action, events::EventType},
@@ -88,8 +88,16 @@ pub fn desired_status(
             ),
         }
     };
+    // Kept while the phase stays; whole seconds, as the API server stores it.
+    let phase_since = current
+        .filter(|s| s.phase == Some(state))
+        .and_then(|s| s.phase_since.clone())
+        .unwrap_or_else(|| {
+            Time(Timestamp::from_second(now.as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
+        });
     OrderStatus {
         phase: Some(state),
+        phase_since: Some(phase_since),
         customer_level: Some(customer_level.to_owned()),
         observed_generation: generation,
         conditions: [ready, found]
@@ -282,6 +290,20 @@ mod tests {
             at(1),
         );
         assert_eq!(status.phase, Some(Requested));
+    }
+
+    #[test]
+    fn the_phase_is_dated_from_when_it_was_first_seen() {
+        let mut order = order("o", 1, Requested);
+        let index = Index::default();
+        let policy = LevelPolicy::default();
+        let first = desired_status(&order, None, &index, &policy, at(100));
+        assert_eq!(first.phase_since.as_ref().unwrap().0, at(100));
+        let same = desired_status(&order, Some(&first), &index, &policy, at(200));
+        assert_eq!(same.phase_since, first.phase_since);
+        order.spec.state = Completed;
+        let moved = desired_status(&order, Some(&same), &index, &policy, at(300));
+        assert_eq!(moved.phase_since.as_ref().unwrap().0, at(300));
     }
 
     #[test]

@@ -32,13 +32,17 @@ const WRITE_ERROR_HOLD: Duration = Duration::from_secs(40);
 pub enum Watched {
     Customers,
     Orders,
+    Ledgers,
 }
 
 impl Watched {
+    pub const ALL: [Watched; 3] = [Watched::Customers, Watched::Orders, Watched::Ledgers];
+
     fn name(self) -> &'static str {
         match self {
             Watched::Customers => "customers",
             Watched::Orders => "orders",
+            Watched::Ledgers => "ledgers",
         }
     }
 }
@@ -49,15 +53,15 @@ pub struct Readiness {
 }
 
 struct Inner {
-    /// (customers listed, orders listed)
-    synced: watch::Sender<(bool, bool)>,
+    /// Per watched kind: whether its cache holds a full list.
+    synced: watch::Sender<[bool; 3]>,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
     /// Per watched kind: when its watch last failed, unless an event came since.
-    watch_failed: [Option<Instant>; 2],
+    watch_failed: [Option<Instant>; 3],
     denied: Option<(Instant, String)>,
     failed_writes: u32,
     last_failed_write: Option<(Instant, String)>,
@@ -67,7 +71,7 @@ impl Default for Readiness {
     fn default() -> Self {
         Self {
             inner: Arc::new(Inner {
-                synced: watch::Sender::new((false, false)),
+                synced: watch::Sender::new([false; 3]),
                 state: Mutex::default(),
             }),
         }
@@ -85,12 +89,11 @@ impl Readiness {
     }
 
     fn problem_at(&self, now: Instant) -> Option<String> {
-        let (customers, orders) = *self.inner.synced.borrow();
-        if !(customers && orders) {
+        if !self.is_synced() {
             return Some("caches not synced yet".into());
         }
         let state = self.state();
-        for kind in [Watched::Customers, Watched::Orders] {
+        for kind in Watched::ALL {
             if state.watch_failed[kind as usize]
                 .is_some_and(|at| now.duration_since(at) < WATCH_ERROR_HOLD)
             {
@@ -114,23 +117,20 @@ impl Readiness {
         None
     }
 
-    /// Both caches have been listed in full (they may be failing to watch right now).
+    /// Every cache has been listed in full (they may be failing to watch right now).
     pub fn is_synced(&self) -> bool {
-        *self.inner.synced.borrow() == (true, true)
+        self.inner.synced.borrow().iter().all(|listed| *listed)
     }
 
-    /// Resolves once both caches have been listed in full.
+    /// Resolves once every cache has been listed in full.
     pub async fn synced(&self) {
         let mut rx = self.inner.synced.subscribe();
-        let _ = rx.wait_for(|s| *s == (true, true)).await;
+        let _ = rx.wait_for(|s| s.iter().all(|listed| *listed)).await;
     }
 
     /// A cache holds a full list.
     pub fn listed(&self, kind: Watched) {
-        self.inner.synced.send_modify(|s| match kind {
-            Watched::Customers => s.0 = true,
-            Watched::Orders => s.1 = true,
-        });
+        self.inner.synced.send_modify(|s| s[kind as usize] = true);
         self.event(kind);
     }
 
@@ -196,13 +196,14 @@ mod tests {
 
     fn synced() -> Readiness {
         let readiness = Readiness::default();
-        readiness.listed(Watched::Customers);
-        readiness.listed(Watched::Orders);
+        for kind in Watched::ALL {
+            readiness.listed(kind);
+        }
         readiness
     }
 
     #[test]
-    fn ready_once_both_caches_are_listed_and_while_watches_work() {
+    fn ready_once_every_cache_is_listed_and_while_watches_work() {
         let readiness = Readiness::default();
         assert_eq!(
             readiness.problem().as_deref(),
@@ -211,6 +212,11 @@ mod tests {
         readiness.listed(Watched::Customers);
         assert!(readiness.problem().is_some());
         readiness.listed(Watched::Orders);
+        assert!(
+            readiness.problem().is_some(),
+            "a score needs the ledgers too"
+        );
+        readiness.listed(Watched::Ledgers);
         assert_eq!(readiness.problem(), None);
         readiness.watch_failed(Watched::Orders);
         assert_eq!(

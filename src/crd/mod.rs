@@ -4,9 +4,11 @@
 //! contract (bounds, patterns, immutability, state transitions) before anything is stored.
 
 mod customer;
+mod ledger;
 mod order;
 
 pub use customer::{Customer, CustomerSpec, CustomerStatus};
+pub use ledger::{AbsorbedOrder, Ledger, LedgerSpec};
 pub use order::{Order, OrderSpec, OrderState, OrderStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -44,10 +46,10 @@ pub fn order_crd() -> CustomResourceDefinition {
     crd
 }
 
-/// Both CustomResourceDefinitions as one multi-document YAML stream, as committed in
+/// The CustomResourceDefinitions as one multi-document YAML stream, as committed in
 /// `manifests/crds/crds.yaml`.
 pub fn crds_yaml() -> String {
-    [customer_crd(), order_crd()]
+    [customer_crd(), order_crd(), Ledger::crd()]
         .iter()
         .map(|crd| serde_saphyr::to_string(crd).expect("a CRD always serialises"))
         .collect::<Vec<_>>()

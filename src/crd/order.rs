@@ -1,4 +1,4 @@
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -119,6 +119,10 @@ pub struct OrderStatus {
     /// spec.state as the operator last saw it (an observation; the score counts spec.state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<OrderState>,
+    /// Since when the operator has seen this phase. With settlement, a final order is settled
+    /// once this is older than the settlement age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_since: Option<Time>,
     /// The customer's level when the order was first attributed to an existing customer,
     /// computed without this order; never changes afterwards, not even when the customer is
     /// deleted. Iron until the order is first attributed.

@@ -309,9 +309,12 @@ impl ControlPlane {
             return Err(format!("kubectl apply -k {crds}: {}", text(&out)));
         }
         let operator = root.join("manifests/operator");
+        // Settlement's ClusterRole too (unbound: tests bind it to the identities that settle).
         let files: Vec<String> = ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"]
             .iter()
-            .map(|f| operator.join(f).display().to_string())
+            .map(|f| operator.join(f))
+            .chain([root.join("manifests/settlement/clusterrole.yaml")])
+            .map(|f| f.display().to_string())
             .collect();
         let mut args = vec!["apply", "--server-side", "--force-conflicts"];
         for file in &files {
@@ -327,6 +330,7 @@ impl ControlPlane {
             "--timeout=60s",
             "crd/customers.reserve.coffeechain.io",
             "crd/orders.reserve.coffeechain.io",
+            "crd/ledgers.reserve.coffeechain.io",
         ]);
         if !out.status.success() {
             return Err(format!("CRDs not established: {}", text(&out)));

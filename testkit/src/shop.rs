@@ -2,7 +2,11 @@
 //! Orders, to run operators as identities of their own, and to check the result against the
 //! operator's rules.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    time::Duration,
+};
 
 use k8s_openapi::api::{core::v1::Namespace, events::v1::Event};
 use kube::{
@@ -30,6 +34,8 @@ pub const OPERATOR_NAMESPACE: &str = "reserve-system";
 pub const OPERATOR_SERVICE_ACCOUNT: &str = "reserve-operator";
 /// The ClusterRole of manifests/operator/rbac.yaml.
 pub const OPERATOR_ROLE: &str = "reserve-operator";
+/// The ClusterRole of manifests/settlement.
+pub const SETTLEMENT_ROLE: &str = "reserve-operator-settlement";
 /// The Role of manifests/operator/rbac.yaml for the Lease.
 pub const LEASE_ROLE: &str = "reserve-operator-leader-election";
 
@@ -104,6 +110,40 @@ impl Shop {
     /// An operator identity of this shop (`<ns>-<name>`), allowed what the shipped RBAC allows.
     pub async fn identity(&self, name: &str) -> Identity {
         operator_identity(&self.admin, &format!("{}-{name}", self.ns)).await
+    }
+
+    /// An operator identity that may also settle (manifests/settlement's ClusterRole).
+    pub async fn settling_identity(&self, name: &str) -> Identity {
+        let identity = self.identity(name).await;
+        rbac::grant_cluster_role(&self.admin, &identity, SETTLEMENT_ROLE).await;
+        identity
+    }
+
+    /// Opts this namespace in to settlement (`value` "enabled"), or out (None).
+    pub async fn settlement_label(&self, value: Option<&str>) {
+        let patch = json!({ "metadata": { "labels": {
+            reserve_operator::controller::settlement::NAMESPACE_LABEL: value
+        } } });
+        Api::<Namespace>::all(self.admin.clone())
+            .patch(&self.ns, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("label the namespace");
+    }
+
+    pub fn ledgers(&self) -> Api<reserve_operator::crd::Ledger> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
+    /// Names of the Orders of this namespace.
+    pub async fn order_names(&self) -> BTreeSet<String> {
+        self.orders()
+            .list_metadata(&ListParams::default())
+            .await
+            .expect("list orders")
+            .items
+            .into_iter()
+            .map(|o| o.name_any())
+            .collect()
     }
 
     /// A kubeconfig acting as `identity`.

@@ -1,0 +1,684 @@
+//! Settlement: an Order final (Completed or Canceled) for longer than the settlement age moves
+//! into its customer's [`Ledger`] and is deleted, so etcd holds the live window of orders, not
+//! every order ever made, while every score stays exact.
+//!
+//! A settlement takes three writes, each safe to stop after:
+//! 1. **absorb**: the ledger adds the orders' contributions and lists them (uid,
+//!    resourceVersion, what it counted) as absorbed. The index counts an absorbed order that
+//!    still exists as it is now, and one that is gone as the ledger counted it, so the score does
+//!    not move ([`Index::tally_of`](super::index::Index::tally_of)).
+//! 2. **delete** each order, on condition that its uid and resourceVersion are those absorbed.
+//!    If the order changed meanwhile (a refund), it is given back: the ledger takes its
+//!    contribution out again and it stays a live order.
+//! 3. **forget**: once the watch has shown an absorbed order gone, the ledger drops it from the
+//!    absorbed list (its contribution stays in the settled totals).
+//!
+//! Every pass first finishes what an earlier pass (of this or another replica) left absorbed,
+//! then settles new batches. Writes are fenced by the Lease and conditional on the ledger's
+//! resourceVersion; the one writer of a ledger is the Lease holder.
+//!
+//! Only namespaces labelled `reserve.coffeechain.io/settlement=enabled` are settled, and never
+//! an order declared in Git (applied with kubectl or server-side apply, or carrying Argo CD,
+//! Flux or Helm marks): deleted, a GitOps tool would create it again as a new order.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::{
+    api::core::v1::Namespace,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, PostParams, Preconditions},
+    runtime::{events::EventType, reflector::ObjectRef},
+};
+use tracing::{debug, error, info, warn};
+
+use super::{Caches, Context, index::CustomerKey, status::FIELD_MANAGER};
+use crate::{
+    crd::{AbsorbedOrder, Ledger, LedgerSpec, Order, OrderState},
+    loyalty::Tally,
+    runtime_ext::Note,
+};
+
+/// The label that opts a namespace in.
+pub const NAMESPACE_LABEL: &str = "reserve.coffeechain.io/settlement";
+pub const NAMESPACE_LABEL_VALUE: &str = "enabled";
+/// Environment variable naming a step after which the process aborts (tests of crash safety):
+/// `settle-after-absorb`, `settle-after-delete` or `settle-after-forget`.
+pub const FAULT_INJECTION: &str = "RESERVE_FAULT_INJECTION";
+
+/// Orders absorbed per ledger write, and settled per pass at most.
+const BATCH: usize = 200;
+const PER_PASS: usize = 5_000;
+/// Customers settled at once.
+const CONCURRENCY: usize = 16;
+/// How long to wait for the watches to show a settlement step.
+const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The mark a cached Order keeps when it was declared in Git (the cache drops the metadata it
+/// was told by).
+const DECLARED: &str = "reserve.coffeechain.io/declared";
+
+/// Whether an object was declared in Git: applied by kubectl (client- or server-side), by a
+/// GitOps tool, or by Helm. The operator's own status writes do not count.
+pub fn is_declared(meta: &ObjectMeta) -> bool {
+    const ANNOTATIONS: [&str; 3] = [
+        "kubectl.kubernetes.io/last-applied-configuration",
+        "argocd.argoproj.io/tracking-id",
+        "meta.helm.sh/release-name",
+    ];
+    const LABELS: [&str; 4] = [
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/managed-by",
+        "kustomize.toolkit.fluxcd.io/name",
+        "helm.toolkit.fluxcd.io/name",
+    ];
+    let has = |map: &Option<BTreeMap<String, String>>, keys: &[&str]| {
+        map.as_ref()
+            .is_some_and(|m| keys.iter().any(|k| m.contains_key(*k)))
+    };
+    let applied = meta.managed_fields.iter().flatten().any(|entry| {
+        entry.operation.as_deref() == Some("Apply")
+            && entry.subresource.as_deref().unwrap_or_default().is_empty()
+            && entry.manager.as_deref() != Some(FIELD_MANAGER)
+    });
+    applied
+        || has(&meta.annotations, &ANNOTATIONS)
+        || has(&meta.labels, &LABELS)
+        || has(&meta.annotations, &[DECLARED])
+}
+
+/// Marks a slimmed cached object as declared in Git.
+pub fn mark_declared(meta: &mut ObjectMeta) {
+    meta.annotations = Some(BTreeMap::from([(DECLARED.to_owned(), String::new())]));
+}
+
+/// Whether `order` is due for settlement at `now`: final, observed so by the operator for at
+/// least `after`, and not declared in Git.
+pub fn is_due(order: &Order, now: Timestamp, after: Duration) -> bool {
+    let final_state = matches!(
+        order.spec.state,
+        OrderState::Completed | OrderState::Canceled
+    );
+    let Some(status) = order.status.as_ref() else {
+        return false;
+    };
+    let observed = status.phase == Some(order.spec.state)
+        && status.observed_generation == order.metadata.generation;
+    let old_enough = status.phase_since.as_ref().is_some_and(|Time(since)| {
+        now.duration_since(*since)
+            .try_into()
+            .is_ok_and(|age: Duration| age >= after)
+    });
+    final_state
+        && observed
+        && old_enough
+        && order.uid().is_some()
+        && order.resource_version().is_some()
+        && order.meta().deletion_timestamp.is_none()
+        && !is_declared(order.meta())
+}
+
+fn entry(order: &Order) -> AbsorbedOrder {
+    AbsorbedOrder {
+        name: order.name_any(),
+        uid: order.uid().unwrap_or_default(),
+        resource_version: order.resource_version().unwrap_or_default(),
+        state: order.spec.state,
+        quantity: i64::from(order.spec.quantity),
+    }
+}
+
+fn tally(entries: &[AbsorbedOrder]) -> Tally {
+    Tally::of(entries.iter().map(|e| (e.state, e.quantity)))
+}
+
+fn with_tally(mut spec: LedgerSpec, tally: Tally) -> LedgerSpec {
+    spec.score = tally.score;
+    spec.completed_orders = tally.completed;
+    spec.canceled_orders = tally.canceled;
+    spec.absorbed_count = spec.absorbed.len() as i64;
+    spec
+}
+
+fn settled(spec: &LedgerSpec) -> Tally {
+    Tally {
+        score: spec.score,
+        completed: spec.completed_orders,
+        canceled: spec.canceled_orders,
+        open: 0,
+    }
+}
+
+/// The ledger with `orders` absorbed: counted, and listed until their deletion is seen.
+pub fn absorb(spec: &LedgerSpec, orders: &[AbsorbedOrder]) -> LedgerSpec {
+    let mut next = spec.clone();
+    next.absorbed.extend_from_slice(orders);
+    with_tally(next, settled(spec).plus(tally(orders)))
+}
+
+/// The ledger without the absorbed orders `gone` (deleted: their contribution stays) and
+/// `given_back` (changed before their deletion: their contribution goes too).
+pub fn release(spec: &LedgerSpec, gone: &[String], given_back: &[String]) -> LedgerSpec {
+    let (back, kept): (Vec<_>, Vec<_>) = spec
+        .absorbed
+        .iter()
+        .filter(|a| !gone.contains(&a.uid))
+        .cloned()
+        .partition(|a| given_back.contains(&a.uid));
+    let mut next = spec.clone();
+    next.absorbed = kept;
+    with_tally(next, settled(spec).minus(tally(&back)))
+}
+
+/// What came of deleting an absorbed order.
+#[derive(Debug, PartialEq, Eq)]
+enum Deleted {
+    /// Deleted now, or being deleted (it has finalizers).
+    Now,
+    /// Gone already: no order of that uid exists.
+    Before,
+    /// It changed since it was absorbed: it must be given back.
+    Changed,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SettleError {
+    #[error("not written: {0}")]
+    Withheld(&'static str),
+    #[error("{what}: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the watch did not show {0} within {secs}s", secs = ECHO_TIMEOUT.as_secs())]
+    NotSeen(String),
+}
+
+fn api_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> SettleError {
+    let what = what.into();
+    move |source| SettleError::Api { what, source }
+}
+
+fn code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// Settles orders older than `after` while this replica leads; runs until dropped.
+pub async fn run(ctx: Arc<Context>, caches: Caches, after: Duration, namespace: Option<String>) {
+    let settler = Settler {
+        ctx,
+        caches,
+        after,
+        namespace,
+        fault: std::env::var(FAULT_INJECTION).ok(),
+    };
+    let every = (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    info!(after = %humantime::format_duration(after), "settling final orders");
+    loop {
+        if let Err(error) = settler.pass().await {
+            warn!(%error, "settlement pass failed; trying again");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+struct Settler {
+    ctx: Arc<Context>,
+    caches: Caches,
+    after: Duration,
+    namespace: Option<String>,
+    fault: Option<String>,
+}
+
+impl Settler {
+    async fn pass(&self) -> Result<(), SettleError> {
+        let unfinished: Vec<_> = self
+            .caches
+            .ledgers
+            .state()
+            .into_iter()
+            .filter(|l| !l.spec.absorbed.is_empty())
+            .collect();
+        stream::iter(unfinished)
+            .for_each_concurrent(CONCURRENCY, |ledger| async move {
+                if let Err(error) = self.finish(&ledger).await {
+                    warn!(ledger = %ObjectRef::from_obj(ledger.as_ref()), %error, "settlement not finished yet");
+                }
+            })
+            .await;
+        let opted_in = self.opted_in().await?;
+        if opted_in.is_empty() {
+            return Ok(());
+        }
+        let batches = self.plan(&opted_in);
+        stream::iter(batches)
+            .for_each_concurrent(CONCURRENCY, |(key, batch)| async move {
+                if let Err(error) = self.settle(&key, &batch).await {
+                    warn!(customer = %key.customer_ref(), %error, "settlement stopped; the next pass finishes it");
+                }
+            })
+            .await;
+        Ok(())
+    }
+
+    /// The namespaces whose orders may be settled.
+    async fn opted_in(&self) -> Result<Vec<String>, SettleError> {
+        let client = self.ctx.client().clone();
+        let selector = format!("{NAMESPACE_LABEL}={NAMESPACE_LABEL_VALUE}");
+        match &self.namespace {
+            Some(ns) => {
+                let namespace = Api::<Namespace>::all(client)
+                    .get_opt(ns)
+                    .await
+                    .map_err(api_error(format!("reading namespace {ns}")))?;
+                let enabled = namespace.is_some_and(|n| {
+                    n.labels().get(NAMESPACE_LABEL).map(String::as_str)
+                        == Some(NAMESPACE_LABEL_VALUE)
+                });
+                Ok(enabled.then(|| ns.clone()).into_iter().collect())
+            }
+            None => Ok(Api::<Namespace>::all(client)
+                .list_metadata(&ListParams::default().labels(&selector))
+                .await
+                .map_err(api_error("listing namespaces"))?
+                .items
+                .into_iter()
+                .map(|n| n.name_any())
+                .collect()),
+        }
+    }
+
+    /// The orders due now, per customer, in batches.
+    fn plan(&self, opted_in: &[String]) -> Vec<(CustomerKey, Vec<AbsorbedOrder>)> {
+        let now = Timestamp::now();
+        let index = self.ctx.index();
+        let mut due = BTreeMap::<CustomerKey, Vec<AbsorbedOrder>>::new();
+        let mut count = 0;
+        for order in self.caches.orders.state() {
+            if count == PER_PASS {
+                break;
+            }
+            if opted_in.contains(&order.namespace().unwrap_or_default())
+                && is_due(&order, now, self.after)
+                && !index.is_absorbed(&order)
+            {
+                due.entry(CustomerKey::of_order(&order))
+                    .or_default()
+                    .push(entry(&order));
+                count += 1;
+            }
+        }
+        due.into_iter()
+            .flat_map(|(key, orders)| {
+                orders
+                    .chunks(BATCH)
+                    .map(|batch| (key.clone(), batch.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Settles one batch of one customer's orders.
+    async fn settle(&self, key: &CustomerKey, batch: &[AbsorbedOrder]) -> Result<(), SettleError> {
+        let current = self.ledger(key);
+        let spec = absorb(
+            current
+                .as_ref()
+                .map(|l| &l.spec)
+                .unwrap_or(&LedgerSpec::default()),
+            batch,
+        );
+        self.write(key, current.as_ref(), spec).await?;
+        self.fault_point("settle-after-absorb");
+        let given_back = self.delete_absorbed(key, batch).await?;
+        self.fault_point("settle-after-delete");
+        let deleted: Vec<&AbsorbedOrder> = batch
+            .iter()
+            .filter(|a| !given_back.contains(&a.uid))
+            .collect();
+        self.wait(format!("the deletion of {} orders", deleted.len()), || {
+            let index = self.ctx.index();
+            !deleted
+                .iter()
+                .any(|a| index.holds_order(key, &a.name, &a.uid))
+        })
+        .await?;
+        let Some(current) = self.ledger(key) else {
+            return Err(SettleError::NotSeen(format!(
+                "the ledger {}",
+                key.customer_ref()
+            )));
+        };
+        let gone: Vec<String> = deleted.iter().map(|a| a.uid.clone()).collect();
+        self.write(
+            key,
+            Some(&current),
+            release(&current.spec, &gone, &given_back),
+        )
+        .await?;
+        self.fault_point("settle-after-forget");
+        self.ctx.metrics.orders_settled(gone.len() as u64);
+        self.announce(key, &deleted).await;
+        Ok(())
+    }
+
+    /// Finishes a ledger's absorbed orders: deletes those that still exist, forgets those the
+    /// watch shows gone, gives back those that changed.
+    async fn finish(&self, ledger: &Ledger) -> Result<(), SettleError> {
+        let key = CustomerKey::new(ledger.namespace().unwrap_or_default(), ledger.name_any());
+        let given_back = self.delete_absorbed(&key, &ledger.spec.absorbed).await?;
+        let gone: Vec<String> = {
+            let index = self.ctx.index();
+            ledger
+                .spec
+                .absorbed
+                .iter()
+                .filter(|a| !index.holds_order(&key, &a.name, &a.uid))
+                .map(|a| a.uid.clone())
+                .collect()
+        };
+        if gone.is_empty() && given_back.is_empty() {
+            return Ok(());
+        }
+        debug!(ledger = %key.customer_ref(), gone = gone.len(), given_back = given_back.len(), "releasing absorbed orders");
+        self.write(
+            &key,
+            Some(ledger),
+            release(&ledger.spec, &gone, &given_back),
+        )
+        .await?;
+        self.ctx.metrics.orders_settled(gone.len() as u64);
+        Ok(())
+    }
+
+    /// Deletes the absorbed orders the index still holds; returns the uids of those that
+    /// changed since (to give back).
+    async fn delete_absorbed(
+        &self,
+        key: &CustomerKey,
+        absorbed: &[AbsorbedOrder],
+    ) -> Result<Vec<String>, SettleError> {
+        let held: Vec<&AbsorbedOrder> = {
+            let index = self.ctx.index();
+            absorbed
+                .iter()
+                .filter(|a| index.holds_order(key, &a.name, &a.uid))
+                .collect()
+        };
+        let mut changed = Vec::new();
+        for order in held {
+            if self.delete(key, order).await? == Deleted::Changed {
+                changed.push(order.uid.clone());
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Deletes one absorbed order if it is still what was absorbed.
+    async fn delete(
+        &self,
+        key: &CustomerKey,
+        absorbed: &AbsorbedOrder,
+    ) -> Result<Deleted, SettleError> {
+        let api: Api<Order> = Api::namespaced(self.ctx.client().clone(), &key.namespace);
+        let what = || format!("deleting order {}/{}", key.namespace, absorbed.name);
+        let mut resource_version = absorbed.resource_version.clone();
+        // At most twice: a precondition that failed only because the status changed is retried
+        // with the new resourceVersion.
+        for _ in 0..2 {
+            self.ctx.fence.check().map_err(SettleError::Withheld)?;
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: Some(absorbed.uid.clone()),
+                    resource_version: Some(resource_version.clone()),
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(&absorbed.name, &params).await {
+                Ok(_) => return Ok(Deleted::Now),
+                Err(e) if code(&e) == Some(404) => return Ok(Deleted::Before),
+                Err(e) if code(&e) == Some(409) => {}
+                Err(e) => return Err(api_error(what())(e)),
+            }
+            let now = api
+                .get_opt(&absorbed.name)
+                .await
+                .map_err(api_error(what()))?;
+            let Some(now) = now.filter(|o| o.uid().as_deref() == Some(&absorbed.uid)) else {
+                return Ok(Deleted::Before);
+            };
+            if (now.spec.state, i64::from(now.spec.quantity)) != (absorbed.state, absorbed.quantity)
+            {
+                return Ok(Deleted::Changed);
+            }
+            if now.meta().deletion_timestamp.is_some() {
+                return Ok(Deleted::Now);
+            }
+            resource_version = now.resource_version().unwrap_or_default();
+        }
+        Err(SettleError::NotSeen(format!(
+            "{} unchanged long enough to delete it",
+            what()
+        )))
+    }
+
+    async fn wait(&self, what: String, done: impl Fn() -> bool) -> Result<(), SettleError> {
+        let deadline = tokio::time::Instant::now() + ECHO_TIMEOUT;
+        while !done() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(SettleError::NotSeen(what));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    fn ledger(&self, key: &CustomerKey) -> Option<Ledger> {
+        self.caches
+            .ledgers
+            .get(&ObjectRef::new(&key.name).within(&key.namespace))
+            .map(|l| l.as_ref().clone())
+    }
+
+    /// Creates or replaces (conditionally) the ledger of `key`, then waits until the watch
+    /// has shown the write to the index, so that no later step runs ahead of it.
+    async fn write(
+        &self,
+        key: &CustomerKey,
+        current: Option<&Ledger>,
+        spec: LedgerSpec,
+    ) -> Result<(), SettleError> {
+        self.ctx.fence.check().map_err(SettleError::Withheld)?;
+        let api: Api<Ledger> = Api::namespaced(self.ctx.client().clone(), &key.namespace);
+        let mut ledger = Ledger::new(&key.name, spec);
+        ledger.metadata.namespace = Some(key.namespace.clone());
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        let what = format!("writing ledger {}/{}", key.namespace, key.name);
+        let written = match current {
+            Some(current) => {
+                ledger.metadata.resource_version = current.resource_version();
+                api.replace(&key.name, &params, &ledger).await
+            }
+            None => api.create(&params, &ledger).await,
+        }
+        .map_err(api_error(what))?;
+        let version = written.resource_version().unwrap_or_default();
+        self.wait(
+            format!("ledger {}/{} at {version}", key.namespace, key.name),
+            || {
+                self.ctx
+                    .index()
+                    .ledger_of(key)
+                    .is_some_and(|l| l.resource_version == version)
+            },
+        )
+        .await
+    }
+
+    /// One Event on the customer per batch.
+    async fn announce(&self, key: &CustomerKey, batch: &[&AbsorbedOrder]) {
+        let Some(customer) = self.caches.customers.get(&key.customer_ref()) else {
+            return;
+        };
+        let points: i64 = batch
+            .iter()
+            .filter(|a| a.state == OrderState::Completed)
+            .map(|a| a.quantity)
+            .sum();
+        info!(customer = %key.customer_ref(), orders = batch.len(), points, "settled");
+        let note = Note {
+            type_: EventType::Normal,
+            reason: "Settled",
+            action: "Settle".into(),
+            note: format!(
+                "{} {} settled into the ledger ({points} points); the score is unchanged",
+                batch.len(),
+                if batch.len() == 1 { "order" } else { "orders" }
+            ),
+        };
+        if let Err(error) = self
+            .ctx
+            .events
+            .publish(note, customer.object_ref(&()))
+            .await
+        {
+            warn!(%error, "could not record the Settled event");
+        }
+    }
+
+    fn fault_point(&self, step: &str) {
+        if self.fault.as_deref() == Some(step) {
+            error!(step, "fault injection: aborting");
+            std::process::abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    use super::*;
+    use crate::crd::{OrderSpec, OrderStatus};
+
+    fn absorbed(uid: &str, state: OrderState, quantity: i64) -> AbsorbedOrder {
+        AbsorbedOrder {
+            name: format!("order-{uid}"),
+            uid: uid.into(),
+            resource_version: "7".into(),
+            state,
+            quantity,
+        }
+    }
+
+    #[test]
+    fn absorbing_counts_orders_and_releasing_keeps_or_gives_back_their_contribution() {
+        use OrderState::*;
+        let start = LedgerSpec {
+            score: 10,
+            completed_orders: 2,
+            canceled_orders: 1,
+            ..LedgerSpec::default()
+        };
+        let orders = [
+            absorbed("a", Completed, 3),
+            absorbed("b", Canceled, 5),
+            absorbed("c", Completed, 4),
+        ];
+        let with = absorb(&start, &orders);
+        assert_eq!(
+            (with.score, with.completed_orders, with.canceled_orders),
+            (17, 4, 2)
+        );
+        assert_eq!(with.absorbed_count, 3);
+        // a and b are gone; c was refunded before its deletion and goes back to the live orders.
+        let after = release(&with, &["a".into(), "b".into()], &["c".into()]);
+        assert_eq!(
+            (after.score, after.completed_orders, after.canceled_orders),
+            (13, 3, 2)
+        );
+        assert!(after.absorbed.is_empty());
+        assert_eq!(after.absorbed_count, 0);
+    }
+
+    fn order(state: OrderState, phase_since: i64) -> Order {
+        let mut order = Order::new(
+            "o",
+            OrderSpec {
+                customer: "alice".into(),
+                product: "Latte".into(),
+                quantity: 2,
+                state,
+            },
+        );
+        order.metadata.uid = Some("u".into());
+        order.metadata.resource_version = Some("9".into());
+        order.metadata.generation = Some(1);
+        order.status = Some(OrderStatus {
+            phase: Some(state),
+            phase_since: Some(Time(Timestamp::from_second(phase_since).unwrap())),
+            observed_generation: Some(1),
+            ..OrderStatus::default()
+        });
+        order
+    }
+
+    #[test]
+    fn only_final_orders_observed_long_enough_and_not_declared_are_due() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        let day = Duration::from_secs(100);
+        assert!(is_due(&order(OrderState::Completed, 900), now, day));
+        assert!(is_due(&order(OrderState::Canceled, 850), now, day));
+        assert!(
+            !is_due(&order(OrderState::Completed, 901), now, day),
+            "too young"
+        );
+        assert!(
+            !is_due(&order(OrderState::Requested, 0), now, day),
+            "not final"
+        );
+        let mut unobserved = order(OrderState::Completed, 0);
+        unobserved.metadata.generation = Some(2);
+        assert!(
+            !is_due(&unobserved, now, day),
+            "spec changed since the status"
+        );
+        let mut applied = order(OrderState::Completed, 0);
+        applied.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kustomize-controller".into()),
+            operation: Some("Apply".into()),
+            ..ManagedFieldsEntry::default()
+        }]);
+        assert!(!is_due(&applied, now, day), "applied server-side from Git");
+        let mut argo = order(OrderState::Completed, 0);
+        argo.metadata.annotations = Some(BTreeMap::from([(
+            "kubectl.kubernetes.io/last-applied-configuration".into(),
+            "{}".into(),
+        )]));
+        assert!(is_declared(argo.meta()));
+        mark_declared(argo.meta_mut());
+        assert!(!is_due(&argo, now, day), "the mark the cache keeps");
+        let mut ours = order(OrderState::Completed, 0);
+        ours.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some(FIELD_MANAGER.into()),
+            operation: Some("Apply".into()),
+            subresource: Some("status".into()),
+            ..ManagedFieldsEntry::default()
+        }]);
+        assert!(
+            is_due(&ours, now, day),
+            "the operator's own status writes do not count"
+        );
+    }
+}
