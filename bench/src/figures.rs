@@ -176,6 +176,106 @@ pub struct Growth {
     pub settled_rss_kib_per_extra_order: f64,
 }
 
+/// One look at the long settlement run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SettlementSample {
+    pub seconds: f64,
+    /// Orders in etcd now.
+    pub live_orders: u64,
+    pub settled_orders: u64,
+    /// etcd's database file, and what of it holds live data (compaction frees the rest for reuse).
+    pub etcd_db_mib: f64,
+    pub etcd_db_in_use_mib: f64,
+    pub operator_rss_mib: f64,
+}
+
+/// The long settlement run: orders created over time, settled after a short age.
+#[derive(Clone, Debug, Serialize)]
+pub struct SettlementRun {
+    pub customers: usize,
+    pub orders: usize,
+    pub rate_per_second: f64,
+    pub settle_after_seconds: f64,
+    pub generator_seconds: f64,
+    pub achieved_rate_per_second: f64,
+    /// From the first order until none was left and every score was exact.
+    pub drained_seconds: f64,
+    /// The live window: rate x settlement age (plus a pass), what etcd should hold at most.
+    pub expected_window_orders: f64,
+    pub peak_live_orders: u64,
+    /// When the window was first full, and at the end of the generator.
+    pub window_full: SettlementSample,
+    pub generator_end: SettlementSample,
+    pub peak_operator_rss_mib: f64,
+    pub orders_settled: f64,
+    pub ledgers: usize,
+    /// At the end, against the generator's own ledger.
+    pub customers_wrong: usize,
+    pub orders_left: u64,
+    pub operator: OperatorFigures,
+    pub samples: Vec<SettlementSample>,
+}
+
+/// What the long settlement run measured, before the figures derived from it.
+pub struct SettlementEnd {
+    pub generated: std::time::Duration,
+    pub drained: std::time::Duration,
+    pub samples: Vec<SettlementSample>,
+    pub settled: f64,
+    pub ledgers: usize,
+    pub customers_wrong: usize,
+    pub orders_left: u64,
+    pub operator: OperatorFigures,
+}
+
+impl SettlementRun {
+    pub fn new(settings: &crate::settlement::Settings, end: SettlementEnd) -> Self {
+        let SettlementEnd {
+            generated,
+            drained,
+            samples,
+            settled,
+            ledgers,
+            customers_wrong,
+            orders_left,
+            operator,
+        } = end;
+        let window = settings.rate * settings.settle_after.as_secs_f64();
+        let at = |seconds: f64| {
+            samples
+                .iter()
+                .find(|s| s.seconds >= seconds)
+                .or(samples.last())
+                .cloned()
+                .unwrap_or_default()
+        };
+        let full = 2.0 * settings.settle_after.as_secs_f64() + 10.0;
+        SettlementRun {
+            customers: settings.customers,
+            orders: settings.orders,
+            rate_per_second: settings.rate,
+            settle_after_seconds: settings.settle_after.as_secs_f64(),
+            generator_seconds: generated.as_secs_f64(),
+            achieved_rate_per_second: settings.orders as f64 / generated.as_secs_f64(),
+            drained_seconds: drained.as_secs_f64(),
+            expected_window_orders: window,
+            peak_live_orders: samples.iter().map(|s| s.live_orders).max().unwrap_or(0),
+            window_full: at(full),
+            generator_end: at(generated.as_secs_f64()),
+            peak_operator_rss_mib: samples
+                .iter()
+                .map(|s| s.operator_rss_mib)
+                .fold(0.0, f64::max),
+            orders_settled: settled,
+            ledgers,
+            customers_wrong,
+            orders_left,
+            operator,
+            samples,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     pub date: String,
@@ -185,6 +285,7 @@ pub struct Summary {
     pub rss_growth: Vec<Growth>,
     pub cpu_microseconds_per_reconcile_max_over_min: Option<f64>,
     pub freshness: Vec<Freshness>,
+    pub settlement: Option<SettlementRun>,
     pub targets: Vec<Target>,
 }
 

@@ -6,6 +6,7 @@
 //! reserve-bench --sweep                          # 1,000 / 5,000 / 20,000 orders
 //! reserve-bench --customers 10000 --orders 100000
 //! reserve-bench --skip-converge --freshness --rate 200 --seconds 60 --flood 0,256 --flowschema both
+//! reserve-bench --skip-converge --settlement     # 200,000 orders over 10,000 customers, settled
 //! ```
 //!
 //! Figures are printed as a table and written to `target/bench/` as JSON and text.
@@ -16,6 +17,7 @@ mod figures;
 mod floor;
 mod freshness;
 mod report;
+mod settlement;
 
 use std::{path::PathBuf, process::ExitCode, time::Instant};
 
@@ -80,6 +82,21 @@ struct Args {
     /// several comma-separated values make several runs (0: no flood).
     #[arg(long, value_delimiter = ',', default_value = "0")]
     flood: Vec<usize>,
+    /// Also run the long settlement run (its own sizes: --settle-*).
+    #[arg(long)]
+    settlement: bool,
+    /// Settlement run: customers.
+    #[arg(long, default_value_t = 10_000)]
+    settle_customers: usize,
+    /// Settlement run: orders, created over time, each Completed (85%) or Canceled.
+    #[arg(long, default_value_t = 200_000)]
+    settle_orders: usize,
+    /// Settlement run: orders created per second.
+    #[arg(long, default_value_t = 300.0)]
+    settle_rate: f64,
+    /// Settlement run: the settlement age, in seconds.
+    #[arg(long, default_value_t = 30)]
+    settle_after: u64,
     /// Whether the operator's FlowSchema (manifests/operator/flowcontrol.yaml) is installed.
     #[arg(long, value_enum, default_value_t = FlowSchema::On)]
     flowschema: FlowSchema,
@@ -241,6 +258,18 @@ async fn run(args: Args) -> Result<(), String> {
         }
     }
 
+    let settled = if args.settlement {
+        let settings = settlement::Settings {
+            customers: args.settle_customers,
+            orders: args.settle_orders,
+            rate: args.settle_rate,
+            settle_after: std::time::Duration::from_secs(args.settle_after.max(1)),
+        };
+        Some(settlement::run(&ctx, &settings).await?)
+    } else {
+        None
+    };
+
     let growth: Vec<Growth> = results
         .windows(2)
         .map(|w| {
@@ -265,7 +294,7 @@ async fn run(args: Args) -> Result<(), String> {
         per_reconcile.iter().copied().fold(f64::MIN, f64::max)
             / per_reconcile.iter().copied().fold(f64::MAX, f64::min)
     });
-    let targets = report::targets(&results, &growth, spread, &fresh);
+    let targets = report::targets(&results, &growth, spread, &fresh, settled.as_ref());
     let summary = Summary {
         date: Timestamp::now().strftime("%Y-%m-%d").to_string(),
         machine: machine(),
@@ -274,6 +303,7 @@ async fn run(args: Args) -> Result<(), String> {
         rss_growth: growth,
         cpu_microseconds_per_reconcile_max_over_min: spread,
         freshness: fresh,
+        settlement: settled,
         targets,
     };
     let table = report::render(&summary);

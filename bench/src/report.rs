@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::figures::{ConvergePoint, Freshness, Growth, Summary, Target};
+use crate::figures::{ConvergePoint, Freshness, Growth, SettlementRun, Summary, Target};
 
 /// Targets, checked on the largest converge point and on the freshness runs.
 pub fn targets(
@@ -10,8 +10,12 @@ pub fn targets(
     growth: &[Growth],
     spread: Option<f64>,
     freshness: &[Freshness],
+    settlement: Option<&SettlementRun>,
 ) -> Vec<Target> {
     let mut targets = Vec::new();
+    if let Some(run) = settlement {
+        targets.extend(settlement_targets(run));
+    }
     if let Some(big) = points.last() {
         let transitions = big.generator.order_transitions as f64;
         targets.push(Target::new(
@@ -140,6 +144,52 @@ pub fn targets(
         ));
     }
     targets
+}
+
+fn settlement_targets(run: &SettlementRun) -> Vec<Target> {
+    let window = run.achieved_rate_per_second.min(run.rate_per_second)
+        * (run.settle_after_seconds + (run.settle_after_seconds / 4.0).clamp(1.0, 60.0));
+    let end = &run.generator_end;
+    let full = &run.window_full;
+    vec![
+        Target::new(
+            "settlement: orders in etcd bounded by the live window (peak <= 1.5 x rate x (age + one pass))",
+            run.peak_live_orders as f64 <= 1.5 * window,
+            format!(
+                "peak {} live orders of {} made; window {window:.0}",
+                run.peak_live_orders, run.orders
+            ),
+        ),
+        Target::new(
+            "settlement: etcd's data in use flat once the window is full (<= +25%)",
+            end.etcd_db_in_use_mib <= 1.25 * full.etcd_db_in_use_mib.max(1.0),
+            format!(
+                "{:.1} MiB in use at {:.0} s (window full), {:.1} MiB at {:.0} s (end of the orders); file {:.1} -> {:.1} MiB",
+                full.etcd_db_in_use_mib,
+                full.seconds,
+                end.etcd_db_in_use_mib,
+                end.seconds,
+                full.etcd_db_mib,
+                end.etcd_db_mib
+            ),
+        ),
+        Target::new(
+            "settlement: operator memory follows the live orders (<= +25% after the window is full)",
+            end.operator_rss_mib <= 1.25 * full.operator_rss_mib.max(1.0),
+            format!(
+                "RSS {:.1} MiB at window full, {:.1} MiB at the end of the orders, peak {:.1} MiB",
+                full.operator_rss_mib, end.operator_rss_mib, run.peak_operator_rss_mib
+            ),
+        ),
+        Target::new(
+            "settlement: every score exact at the end, every order settled",
+            run.customers_wrong == 0 && run.orders_left == 0,
+            format!(
+                "{} customers wrong, {} orders left, {:.0} settled, {} ledgers",
+                run.customers_wrong, run.orders_left, run.orders_settled, run.ledgers
+            ),
+        ),
+    ]
 }
 
 type Row = (&'static str, fn(&ConvergePoint) -> String);
@@ -285,6 +335,34 @@ pub fn render(summary: &Summary) -> String {
             run.flood_rejected,
             run.operator.cpu_seconds,
             run.operator.peak_rss_kib as f64 / 1024.0,
+        );
+    }
+    if let Some(run) = &summary.settlement {
+        let _ = writeln!(
+            out,
+            "\nsettlement: {} orders at {}/s (achieved {:.1}/s) over {} customers, settled after {:.0} s:\n  generator {:.0} s, all settled and exact after {:.0} s; peak {} live orders (window {:.0})\n  etcd file {:.1} MiB, in use {:.1} MiB at window full ({:.0} s); file {:.1} MiB, in use {:.1} MiB at the end of the orders\n  operator RSS {:.1} MiB at window full, {:.1} at the end, peak {:.1}; CPU {:.1} s; {:.0} orders settled into {} ledgers\n  status writes: {:.0} order, {:.0} customer",
+            run.orders,
+            run.rate_per_second,
+            run.achieved_rate_per_second,
+            run.customers,
+            run.settle_after_seconds,
+            run.generator_seconds,
+            run.drained_seconds,
+            run.peak_live_orders,
+            run.expected_window_orders,
+            run.window_full.etcd_db_mib,
+            run.window_full.etcd_db_in_use_mib,
+            run.window_full.seconds,
+            run.generator_end.etcd_db_mib,
+            run.generator_end.etcd_db_in_use_mib,
+            run.window_full.operator_rss_mib,
+            run.generator_end.operator_rss_mib,
+            run.peak_operator_rss_mib,
+            run.operator.cpu_seconds,
+            run.orders_settled,
+            run.ledgers,
+            run.operator.status_writes_order,
+            run.operator.status_writes_customer,
         );
     }
     let _ = writeln!(out, "\ntargets:");

@@ -325,8 +325,8 @@ fn log_result<K, E1, E2>(
     }
 }
 
-/// `reserve_ledgers` and `reserve_orders_settling`: ledgers in the cache, and the orders
-/// absorbed in them whose deletion is not confirmed yet, counted at each scrape.
+/// `reserve_ledgers` and `reserve_orders_absorbed`: ledgers in the cache, and the orders
+/// absorbed in them that they have not forgotten yet, counted at each scrape.
 #[derive(Debug)]
 pub struct LedgerCounts(pub Store<Ledger>);
 
@@ -341,8 +341,8 @@ impl Collector for LedgerCounts {
                 ledgers.len(),
             ),
             (
-                "orders_settling",
-                "Orders absorbed in a ledger whose deletion is not confirmed yet",
+                "orders_absorbed",
+                "Orders absorbed in a ledger and not yet forgotten by it (deleted or about to be)",
                 settling,
             ),
         ] {

@@ -2,7 +2,7 @@
 //! into its customer's [`Ledger`] and is deleted, so etcd holds the live window of orders, not
 //! every order ever made, while every score stays exact.
 //!
-//! A settlement takes three writes, each safe to stop after:
+//! A settlement takes three steps, each safe to stop after:
 //! 1. **absorb**: the ledger adds the orders' contributions and lists them (uid,
 //!    resourceVersion, what it counted) as absorbed. The index counts an absorbed order that
 //!    still exists as it is now, and one that is gone as the ledger counted it, so the score does
@@ -13,15 +13,23 @@
 //! 3. **forget**: once the watch has shown an absorbed order gone, the ledger drops it from the
 //!    absorbed list (its contribution stays in the settled totals).
 //!
-//! Every pass first finishes what an earlier pass (of this or another replica) left absorbed,
-//! then settles new batches. Writes are fenced by the Lease and conditional on the ledger's
-//! resourceVersion; the one writer of a ledger is the Lease holder.
+//! Each pass gives every customer with work at most one ledger write: it forgets what earlier
+//! passes deleted, gives back what changed, and absorbs what is due now; then it deletes what it
+//! absorbed (and retries the deletion of anything absorbed earlier that still exists). Forgetting
+//! alone waits until the ledger has been quiet for four settlement ages (10 s to 1 h), so a
+//! customer who orders often pays one ledger write per batch, not two. Writes are fenced by the
+//! Lease and conditional on the ledger's resourceVersion; the one writer of a ledger is the Lease
+//! holder, and each write is seen by the watch before any order it absorbed is deleted.
 //!
 //! Only namespaces labelled `reserve.coffeechain.io/settlement=enabled` are settled, and never
 //! an order declared in Git (applied with kubectl or server-side apply, or carrying Argo CD,
 //! Flux or Helm marks): deleted, a GitOps tool would create it again as a new order.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::{StreamExt, stream};
 use k8s_openapi::{
@@ -34,7 +42,7 @@ use kube::{
     api::{DeleteParams, ListParams, PostParams, Preconditions},
     runtime::{events::EventType, reflector::ObjectRef},
 };
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use super::{Caches, Context, index::CustomerKey, status::FIELD_MANAGER};
 use crate::{
@@ -53,8 +61,9 @@ pub const FAULT_INJECTION: &str = "RESERVE_FAULT_INJECTION";
 /// Orders absorbed per ledger write, and settled per pass at most.
 const BATCH: usize = 200;
 const PER_PASS: usize = 5_000;
-/// Customers settled at once.
-const CONCURRENCY: usize = 16;
+/// Customers settled at once, and deletions at once per customer.
+const CONCURRENCY: usize = 32;
+const DELETES_AT_ONCE: usize = 8;
 /// How long to wait for the watches to show a settlement step.
 const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -219,6 +228,7 @@ pub async fn run(ctx: Arc<Context>, caches: Caches, after: Duration, namespace: 
         after,
         namespace,
         fault: std::env::var(FAULT_INJECTION).ok(),
+        written: std::sync::Mutex::default(),
     };
     let every = (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     info!(after = %humantime::format_duration(after), "settling final orders");
@@ -236,32 +246,27 @@ struct Settler {
     after: Duration,
     namespace: Option<String>,
     fault: Option<String>,
+    /// When each ledger with absorbed orders was last written by this process.
+    written: std::sync::Mutex<HashMap<CustomerKey, Instant>>,
 }
 
 impl Settler {
+    /// One pass: every customer with unfinished absorbed orders or orders due gets one ledger
+    /// write (forget what is gone, give back what changed, absorb what is due), then the
+    /// deletion of what it absorbed.
     async fn pass(&self) -> Result<(), SettleError> {
-        let unfinished: Vec<_> = self
-            .caches
-            .ledgers
-            .state()
-            .into_iter()
-            .filter(|l| !l.spec.absorbed.is_empty())
-            .collect();
-        stream::iter(unfinished)
-            .for_each_concurrent(CONCURRENCY, |ledger| async move {
-                if let Err(error) = self.finish(&ledger).await {
-                    warn!(ledger = %ObjectRef::from_obj(ledger.as_ref()), %error, "settlement not finished yet");
-                }
-            })
-            .await;
         let opted_in = self.opted_in().await?;
-        if opted_in.is_empty() {
-            return Ok(());
+        let mut work = self.plan(&opted_in);
+        for ledger in self.caches.ledgers.state() {
+            if !ledger.spec.absorbed.is_empty() {
+                let key =
+                    CustomerKey::new(ledger.namespace().unwrap_or_default(), ledger.name_any());
+                work.entry(key).or_default();
+            }
         }
-        let batches = self.plan(&opted_in);
-        stream::iter(batches)
-            .for_each_concurrent(CONCURRENCY, |(key, batch)| async move {
-                if let Err(error) = self.settle(&key, &batch).await {
+        stream::iter(work)
+            .for_each_concurrent(CONCURRENCY, |(key, due)| async move {
+                if let Err(error) = self.settle(&key, due).await {
                     warn!(customer = %key.customer_ref(), %error, "settlement stopped; the next pass finishes it");
                 }
             })
@@ -296,11 +301,14 @@ impl Settler {
         }
     }
 
-    /// The orders due now, per customer, in batches.
-    fn plan(&self, opted_in: &[String]) -> Vec<(CustomerKey, Vec<AbsorbedOrder>)> {
+    /// The orders due now, per customer, at most `BATCH` per customer and `PER_PASS` in all.
+    fn plan(&self, opted_in: &[String]) -> BTreeMap<CustomerKey, Vec<AbsorbedOrder>> {
+        let mut due = BTreeMap::<CustomerKey, Vec<AbsorbedOrder>>::new();
+        if opted_in.is_empty() {
+            return due;
+        }
         let now = Timestamp::now();
         let index = self.ctx.index();
-        let mut due = BTreeMap::<CustomerKey, Vec<AbsorbedOrder>>::new();
         let mut count = 0;
         for order in self.caches.orders.state() {
             if count == PER_PASS {
@@ -310,93 +318,76 @@ impl Settler {
                 && is_due(&order, now, self.after)
                 && !index.is_absorbed(&order)
             {
-                due.entry(CustomerKey::of_order(&order))
-                    .or_default()
-                    .push(entry(&order));
-                count += 1;
+                let batch = due.entry(CustomerKey::of_order(&order)).or_default();
+                if batch.len() < BATCH {
+                    batch.push(entry(&order));
+                    count += 1;
+                }
             }
         }
-        due.into_iter()
-            .flat_map(|(key, orders)| {
-                orders
-                    .chunks(BATCH)
-                    .map(|batch| (key.clone(), batch.to_vec()))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        due
     }
 
-    /// Settles one batch of one customer's orders.
-    async fn settle(&self, key: &CustomerKey, batch: &[AbsorbedOrder]) -> Result<(), SettleError> {
+    /// One customer's step: finishes what its ledger absorbed before, absorbs `due`, and
+    /// deletes it.
+    async fn settle(&self, key: &CustomerKey, due: Vec<AbsorbedOrder>) -> Result<(), SettleError> {
         let current = self.ledger(key);
-        let spec = absorb(
-            current
-                .as_ref()
-                .map(|l| &l.spec)
-                .unwrap_or(&LedgerSpec::default()),
-            batch,
-        );
-        self.write(key, current.as_ref(), spec).await?;
-        self.fault_point("settle-after-absorb");
-        let given_back = self.delete_absorbed(key, batch).await?;
-        self.fault_point("settle-after-delete");
-        let deleted: Vec<&AbsorbedOrder> = batch
-            .iter()
-            .filter(|a| !given_back.contains(&a.uid))
-            .collect();
-        self.wait(format!("the deletion of {} orders", deleted.len()), || {
+        let absorbed = current
+            .as_ref()
+            .map(|l| l.spec.absorbed.clone())
+            .unwrap_or_default();
+        // Absorbed before and still there: a crash, a lost Lease or a refused deletion stopped
+        // an earlier step, or the watch has not shown the deletion yet.
+        let given_back = self.delete_absorbed(key, &absorbed).await?;
+        let gone: Vec<String> = {
             let index = self.ctx.index();
-            !deleted
+            absorbed
                 .iter()
-                .any(|a| index.holds_order(key, &a.name, &a.uid))
-        })
-        .await?;
-        let Some(current) = self.ledger(key) else {
-            return Err(SettleError::NotSeen(format!(
-                "the ledger {}",
-                key.customer_ref()
-            )));
+                .filter(|a| !index.holds_order(key, &a.name, &a.uid))
+                .map(|a| a.uid.clone())
+                .collect()
         };
-        let gone: Vec<String> = deleted.iter().map(|a| a.uid.clone()).collect();
-        self.write(
-            key,
-            Some(&current),
-            release(&current.spec, &gone, &given_back),
-        )
-        .await?;
-        self.fault_point("settle-after-forget");
-        self.ctx.metrics.orders_settled(gone.len() as u64);
+        // Forgetting alone is worth a write only once the ledger has been quiet for a while;
+        // otherwise the next absorb takes it along.
+        let quiet = self
+            .lock_written()
+            .get(key)
+            .is_none_or(|at| at.elapsed() >= self.forget_after());
+        if given_back.is_empty() && due.is_empty() && (gone.is_empty() || !quiet) {
+            return Ok(());
+        }
+        let base = current.as_ref().map(|l| l.spec.clone()).unwrap_or_default();
+        let next = absorb(&release(&base, &gone, &given_back), &due);
+        let still_absorbed = !next.absorbed.is_empty();
+        self.write(key, current.as_ref(), next).await?;
+        if still_absorbed {
+            self.lock_written().insert(key.clone(), Instant::now());
+        } else {
+            self.lock_written().remove(key);
+        }
+        if !gone.is_empty() {
+            self.fault_point("settle-after-forget");
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+        self.fault_point("settle-after-absorb");
+        let changed = self.delete_absorbed(key, &due).await?;
+        self.fault_point("settle-after-delete");
+        let deleted: Vec<&AbsorbedOrder> =
+            due.iter().filter(|a| !changed.contains(&a.uid)).collect();
         self.announce(key, &deleted).await;
         Ok(())
     }
 
-    /// Finishes a ledger's absorbed orders: deletes those that still exist, forgets those the
-    /// watch shows gone, gives back those that changed.
-    async fn finish(&self, ledger: &Ledger) -> Result<(), SettleError> {
-        let key = CustomerKey::new(ledger.namespace().unwrap_or_default(), ledger.name_any());
-        let given_back = self.delete_absorbed(&key, &ledger.spec.absorbed).await?;
-        let gone: Vec<String> = {
-            let index = self.ctx.index();
-            ledger
-                .spec
-                .absorbed
-                .iter()
-                .filter(|a| !index.holds_order(&key, &a.name, &a.uid))
-                .map(|a| a.uid.clone())
-                .collect()
-        };
-        if gone.is_empty() && given_back.is_empty() {
-            return Ok(());
-        }
-        debug!(ledger = %key.customer_ref(), gone = gone.len(), given_back = given_back.len(), "releasing absorbed orders");
-        self.write(
-            &key,
-            Some(ledger),
-            release(&ledger.spec, &gone, &given_back),
-        )
-        .await?;
-        self.ctx.metrics.orders_settled(gone.len() as u64);
-        Ok(())
+    fn lock_written(&self) -> std::sync::MutexGuard<'_, HashMap<CustomerKey, Instant>> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long a ledger with nothing but deleted orders to forget waits for another write to
+    /// take them along.
+    fn forget_after(&self) -> Duration {
+        (self.after * 4).clamp(Duration::from_secs(10), Duration::from_secs(3600))
     }
 
     /// Deletes the absorbed orders the index still holds; returns the uids of those that
@@ -413,10 +404,22 @@ impl Settler {
                 .filter(|a| index.holds_order(key, &a.name, &a.uid))
                 .collect()
         };
+        // The futures are made before they go into the stream: a closure in the stream that
+        // borrows `key` would not be provably Send for the spawned task.
+        let deletions: Vec<_> = held
+            .into_iter()
+            .map(|order| async move { Ok((order.uid.clone(), self.delete(key, order).await?)) })
+            .collect();
+        let outcomes: Vec<Result<(String, Deleted), SettleError>> = stream::iter(deletions)
+            .buffer_unordered(DELETES_AT_ONCE)
+            .collect()
+            .await;
         let mut changed = Vec::new();
-        for order in held {
-            if self.delete(key, order).await? == Deleted::Changed {
-                changed.push(order.uid.clone());
+        for outcome in outcomes {
+            match outcome? {
+                (uid, Deleted::Changed) => changed.push(uid),
+                (_, Deleted::Now) => self.ctx.metrics.orders_settled(1),
+                (_, Deleted::Before) => {}
             }
         }
         Ok(changed)

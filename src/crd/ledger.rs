@@ -20,7 +20,7 @@ use super::OrderState;
     printcolumn = r#"{"name":"Score","type":"integer","jsonPath":".spec.score"}"#,
     printcolumn = r#"{"name":"Completed","type":"integer","jsonPath":".spec.completedOrders"}"#,
     printcolumn = r#"{"name":"Canceled","type":"integer","jsonPath":".spec.canceledOrders"}"#,
-    printcolumn = r#"{"name":"Settling","type":"integer","jsonPath":".spec.absorbedCount"}"#,
+    printcolumn = r#"{"name":"Absorbed","type":"integer","jsonPath":".spec.absorbedCount"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -34,8 +34,8 @@ pub struct LedgerSpec {
     /// Settled orders that were Canceled.
     #[serde(default)]
     pub canceled_orders: i64,
-    /// Orders already counted here whose deletion is not confirmed yet. While one of them still
-    /// exists, it counts through this ledger, not as a live order.
+    /// Orders already counted here that the operator has not yet seen deleted, or not yet
+    /// forgotten. While one of them still exists, it counts as it is now, never twice.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub absorbed: Vec<AbsorbedOrder>,
     /// How many orders are in `absorbed` (for the printer column).

@@ -380,6 +380,17 @@ impl ControlPlane {
         self.local("port()").port
     }
 
+    /// etcd's client URL, e.g. `http://127.0.0.1:41235`, which also serves its `/metrics`
+    /// (local control plane only).
+    pub fn etcd_url(&self) -> String {
+        self.local("etcd_url()")
+            .etcd_args
+            .iter()
+            .find_map(|a| a.strip_prefix("--listen-client-urls="))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// Scratch directory of the local control plane (certificates, logs, etcd data).
     pub fn dir(&self) -> &Path {
         &self.local("dir()").dir
