@@ -1,0 +1,250 @@
+//! The pure rules of settlement: which orders are due, which are declared in Git, and what a
+//! ledger becomes when it absorbs, forgets or gives back orders.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    jiff::Timestamp,
+};
+use kube::{Resource, ResourceExt};
+
+use crate::{
+    controller::status::FIELD_MANAGER,
+    crd::{AbsorbedOrder, LedgerSpec, Order, OrderState},
+    loyalty::Tally,
+};
+
+/// The mark a cached Order keeps when it was declared in Git (the cache drops the metadata it
+/// was told by).
+const DECLARED: &str = "reserve.coffeechain.io/declared";
+
+/// Whether an object was declared in Git: applied by kubectl (client- or server-side), by a
+/// GitOps tool, or by Helm. The operator's own status writes do not count.
+pub fn is_declared(meta: &ObjectMeta) -> bool {
+    const ANNOTATIONS: [&str; 3] = [
+        "kubectl.kubernetes.io/last-applied-configuration",
+        "argocd.argoproj.io/tracking-id",
+        "meta.helm.sh/release-name",
+    ];
+    const LABELS: [&str; 4] = [
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/managed-by",
+        "kustomize.toolkit.fluxcd.io/name",
+        "helm.toolkit.fluxcd.io/name",
+    ];
+    let has = |map: &Option<BTreeMap<String, String>>, keys: &[&str]| {
+        map.as_ref()
+            .is_some_and(|m| keys.iter().any(|k| m.contains_key(*k)))
+    };
+    let applied = meta.managed_fields.iter().flatten().any(|entry| {
+        entry.operation.as_deref() == Some("Apply")
+            && entry.subresource.as_deref().unwrap_or_default().is_empty()
+            && entry.manager.as_deref() != Some(FIELD_MANAGER)
+    });
+    applied
+        || has(&meta.annotations, &ANNOTATIONS)
+        || has(&meta.labels, &LABELS)
+        || has(&meta.annotations, &[DECLARED])
+}
+
+/// Marks a slimmed cached object as declared in Git.
+pub fn mark_declared(meta: &mut ObjectMeta) {
+    meta.annotations = Some(BTreeMap::from([(DECLARED.to_owned(), String::new())]));
+}
+
+/// Whether `order` is due for settlement at `now`: final, observed so by the operator for at
+/// least `after`, and not declared in Git.
+pub fn is_due(order: &Order, now: Timestamp, after: Duration) -> bool {
+    let final_state = matches!(
+        order.spec.state,
+        OrderState::Completed | OrderState::Canceled
+    );
+    let Some(status) = order.status.as_ref() else {
+        return false;
+    };
+    let observed = status.phase == Some(order.spec.state)
+        && status.observed_generation == order.metadata.generation;
+    let old_enough = status.phase_since.as_ref().is_some_and(|Time(since)| {
+        now.duration_since(*since)
+            .try_into()
+            .is_ok_and(|age: Duration| age >= after)
+    });
+    final_state
+        && observed
+        && old_enough
+        && order.uid().is_some()
+        && order.resource_version().is_some()
+        && order.meta().deletion_timestamp.is_none()
+        && !is_declared(order.meta())
+}
+
+pub fn entry(order: &Order) -> AbsorbedOrder {
+    AbsorbedOrder {
+        name: order.name_any(),
+        uid: order.uid().unwrap_or_default(),
+        resource_version: order.resource_version().unwrap_or_default(),
+        state: order.spec.state,
+        quantity: i64::from(order.spec.quantity),
+    }
+}
+
+fn tally(entries: &[AbsorbedOrder]) -> Tally {
+    Tally::of(entries.iter().map(|e| (e.state, e.quantity)))
+}
+
+fn with_tally(mut spec: LedgerSpec, tally: Tally) -> LedgerSpec {
+    spec.score = tally.score;
+    spec.completed_orders = tally.completed;
+    spec.canceled_orders = tally.canceled;
+    spec.absorbed_count = spec.absorbed.len() as i64;
+    spec
+}
+
+fn settled(spec: &LedgerSpec) -> Tally {
+    Tally {
+        score: spec.score,
+        completed: spec.completed_orders,
+        canceled: spec.canceled_orders,
+        open: 0,
+    }
+}
+
+/// The ledger with `orders` absorbed: counted, and listed until their deletion is seen.
+pub fn absorb(spec: &LedgerSpec, orders: &[AbsorbedOrder]) -> LedgerSpec {
+    let mut next = spec.clone();
+    next.absorbed.extend_from_slice(orders);
+    with_tally(next, settled(spec).plus(tally(orders)))
+}
+
+/// The ledger without the absorbed orders `gone` (deleted: their contribution stays) and
+/// `given_back` (changed before their deletion: their contribution goes too).
+pub fn release(spec: &LedgerSpec, gone: &[String], given_back: &[String]) -> LedgerSpec {
+    let (back, kept): (Vec<_>, Vec<_>) = spec
+        .absorbed
+        .iter()
+        .filter(|a| !gone.contains(&a.uid))
+        .cloned()
+        .partition(|a| given_back.contains(&a.uid));
+    let mut next = spec.clone();
+    next.absorbed = kept;
+    with_tally(next, settled(spec).minus(tally(&back)))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    use super::*;
+    use crate::crd::{OrderSpec, OrderStatus};
+
+    fn absorbed(uid: &str, state: OrderState, quantity: i64) -> AbsorbedOrder {
+        AbsorbedOrder {
+            name: format!("order-{uid}"),
+            uid: uid.into(),
+            resource_version: "7".into(),
+            state,
+            quantity,
+        }
+    }
+
+    #[test]
+    fn absorbing_counts_orders_and_releasing_keeps_or_gives_back_their_contribution() {
+        use OrderState::*;
+        let start = LedgerSpec {
+            score: 10,
+            completed_orders: 2,
+            canceled_orders: 1,
+            ..LedgerSpec::default()
+        };
+        let orders = [
+            absorbed("a", Completed, 3),
+            absorbed("b", Canceled, 5),
+            absorbed("c", Completed, 4),
+        ];
+        let with = absorb(&start, &orders);
+        assert_eq!(
+            (with.score, with.completed_orders, with.canceled_orders),
+            (17, 4, 2)
+        );
+        assert_eq!(with.absorbed_count, 3);
+        // a and b are gone; c was refunded before its deletion and goes back to the live orders.
+        let after = release(&with, &["a".into(), "b".into()], &["c".into()]);
+        assert_eq!(
+            (after.score, after.completed_orders, after.canceled_orders),
+            (13, 3, 2)
+        );
+        assert!(after.absorbed.is_empty());
+        assert_eq!(after.absorbed_count, 0);
+    }
+
+    fn order(state: OrderState, phase_since: i64) -> Order {
+        let mut order = Order::new(
+            "o",
+            OrderSpec {
+                customer: "alice".into(),
+                product: "Latte".into(),
+                quantity: 2,
+                state,
+            },
+        );
+        order.metadata.uid = Some("u".into());
+        order.metadata.resource_version = Some("9".into());
+        order.metadata.generation = Some(1);
+        order.status = Some(OrderStatus {
+            phase: Some(state),
+            phase_since: Some(Time(Timestamp::from_second(phase_since).unwrap())),
+            observed_generation: Some(1),
+            ..OrderStatus::default()
+        });
+        order
+    }
+
+    #[test]
+    fn only_final_orders_observed_long_enough_and_not_declared_are_due() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        let day = Duration::from_secs(100);
+        assert!(is_due(&order(OrderState::Completed, 900), now, day));
+        assert!(is_due(&order(OrderState::Canceled, 850), now, day));
+        assert!(
+            !is_due(&order(OrderState::Completed, 901), now, day),
+            "too young"
+        );
+        assert!(
+            !is_due(&order(OrderState::Requested, 0), now, day),
+            "not final"
+        );
+        let mut unobserved = order(OrderState::Completed, 0);
+        unobserved.metadata.generation = Some(2);
+        assert!(
+            !is_due(&unobserved, now, day),
+            "spec changed since the status"
+        );
+        let mut applied = order(OrderState::Completed, 0);
+        applied.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kustomize-controller".into()),
+            operation: Some("Apply".into()),
+            ..ManagedFieldsEntry::default()
+        }]);
+        assert!(!is_due(&applied, now, day), "applied server-side from Git");
+        let mut argo = order(OrderState::Completed, 0);
+        argo.metadata.annotations = Some(BTreeMap::from([(
+            "kubectl.kubernetes.io/last-applied-configuration".into(),
+            "{}".into(),
+        )]));
+        assert!(is_declared(argo.meta()));
+        mark_declared(argo.meta_mut());
+        assert!(!is_due(&argo, now, day), "the mark the cache keeps");
+        let mut ours = order(OrderState::Completed, 0);
+        ours.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some(FIELD_MANAGER.into()),
+            operation: Some("Apply".into()),
+            subresource: Some("status".into()),
+            ..ManagedFieldsEntry::default()
+        }]);
+        assert!(
+            is_due(&ours, now, day),
+            "the operator's own status writes do not count"
+        );
+    }
+}
