@@ -40,30 +40,9 @@ have_node() {
 }
 have() { have_control_plane && { ! $node || have_node; }; }
 
-if have; then
-  say "using cached tools in $bin_dir"
-  echo "$bin_dir"
-  exit 0
-fi
-
-command -v go >/dev/null || { say "Go is required to build the control-plane tools (none on PATH)"; exit 1; }
-
-# Concurrent callers (several test binaries at once) wait for one build instead of racing.
-mkdir -p "$cache_root"
-exec 9>"$cache_root/.build.lock"
-if ! flock -n 9; then
-  say "another build is running; waiting for it"
-  flock 9
-fi
-if have; then
-  echo "$bin_dir"
-  exit 0
-fi
-
-work=$(mktemp -d "$cache_root/.build.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/bin"
-export GOFLAGS="-buildvcs=false -trimpath" CGO_ENABLED=0
+# shellcheck source=hack/build-cache.sh
+source "$(dirname "$0")/build-cache.sh"
+reuse_or_lock "tools"
 
 # What to build from k8s.io/kubernetes.
 commands=()

@@ -33,29 +33,9 @@ have() {
     [[ -x "$bin_dir/health" ]]
 }
 
-if have; then
-  say "using cached helm, promtool and health in $bin_dir"
-  echo "$bin_dir"
-  exit 0
-fi
-
-command -v go >/dev/null || { say "Go is required to build helm, promtool and the health helper (none on PATH)"; exit 1; }
-
-mkdir -p "$cache_root"
-exec 9>"$cache_root/.build.lock"
-if ! flock -n 9; then
-  say "another build is running; waiting for it"
-  flock 9
-fi
-if have; then
-  echo "$bin_dir"
-  exit 0
-fi
-
-work=$(mktemp -d "$cache_root/.build.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/bin"
-export GOFLAGS="-buildvcs=false -trimpath" CGO_ENABLED=0
+# shellcheck source=hack/build-cache.sh
+source "$(dirname "$0")/build-cache.sh"
+reuse_or_lock "helm, promtool and health"
 
 # A throwaway module per tool: `go install pkg@version` refuses modules with replace directives.
 build() { # name module package version ldflags

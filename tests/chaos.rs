@@ -86,19 +86,7 @@ fn report(
 }
 
 fn replica(identity: &Identity, name: &str, ns: &str, lease_ns: &str) -> OperatorProcess {
-    Launch::new(
-        operator_bin!(),
-        &ControlPlane::shared().kubeconfig_as(identity),
-    )
-    .args([
-        "--namespace",
-        ns,
-        "--lease-namespace",
-        lease_ns,
-        "--identity",
-        name,
-    ])
-    .spawn()
+    Launch::replica(operator_bin!(), identity, name, ns, lease_ns).spawn()
 }
 
 /// Which of `replicas` reports that it leads, once one does.

@@ -638,19 +638,7 @@ struct Replica {
 
 impl Replica {
     fn spawn(identity: &Identity, name: &str, ns: &str, lease_ns: &str) -> Self {
-        let process = Launch::new(
-            operator_bin!(),
-            &ControlPlane::shared().kubeconfig_as(identity),
-        )
-        .args([
-            "--namespace",
-            ns,
-            "--lease-namespace",
-            lease_ns,
-            "--identity",
-            name,
-        ])
-        .spawn();
+        let process = Launch::replica(operator_bin!(), identity, name, ns, lease_ns).spawn();
         Replica {
             identity: identity.clone(),
             name: name.into(),

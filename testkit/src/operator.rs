@@ -58,6 +58,25 @@ impl Launch {
         }
     }
 
+    /// One replica of a leader-elected pair, acting as `identity` on the shared control plane:
+    /// watching `namespace`, its Lease in `lease_namespace`, named `name` in the Lease.
+    pub fn replica(
+        bin: impl Into<PathBuf>,
+        identity: &crate::Identity,
+        name: &str,
+        namespace: &str,
+        lease_namespace: &str,
+    ) -> Self {
+        Self::new(bin, &crate::ControlPlane::shared().kubeconfig_as(identity)).args([
+            "--namespace",
+            namespace,
+            "--lease-namespace",
+            lease_namespace,
+            "--identity",
+            name,
+        ])
+    }
+
     /// Where its output goes (default: a file in the scratch directory).
     pub fn log(mut self, path: PathBuf) -> Self {
         self.log = Some(path);
