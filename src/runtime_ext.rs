@@ -6,7 +6,10 @@
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use k8s_openapi::{
-    api::{core::v1::ObjectReference, events::v1::Event},
+    api::{
+        core::v1::ObjectReference,
+        events::v1::{Event, EventSeries},
+    },
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
     jiff::Timestamp,
 };
@@ -91,17 +94,71 @@ impl EventPublisher {
 
     pub async fn publish(&self, note: Note, regarding: ObjectReference) -> Result<(), kube::Error> {
         let now = Timestamp::now();
+        let name = event_name(
+            regarding.name.as_deref().unwrap_or(&self.controller),
+            &format!("{:x}", now.as_nanosecond()),
+        );
+        let event = self.event(name, now, note, regarding);
+        self.api(&event)
+            .create(&PostParams::default(), &event)
+            .await
+            .map(drop)
+    }
+
+    /// Publishes `note` as the next of a series: one Event per object and `series` (until the
+    /// API server lets it expire), whose count grows with each occurrence, as client-go's
+    /// recorder folds repeats. Only the series may change once an Event exists, so the note
+    /// should read the same for every occurrence. For what recurs without bound (a settlement per batch), so
+    /// that etcd holds one Event per object, not one per occurrence.
+    pub async fn publish_series(
+        &self,
+        series: &str,
+        note: Note,
+        regarding: ObjectReference,
+    ) -> Result<(), kube::Error> {
+        let now = Timestamp::now();
+        let name = event_name(
+            regarding.name.as_deref().unwrap_or(&self.controller),
+            series,
+        );
+        let event = self.event(name.clone(), now, note, regarding);
+        let api = self.api(&event);
+        match api.create(&PostParams::default(), &event).await {
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            other => return other.map(drop),
+        }
+        let Some(mut existing) = api.get_opt(&name).await? else {
+            return Ok(());
+        };
+        let count = existing.series.as_ref().map_or(1, |s| s.count);
+        existing.series = Some(EventSeries {
+            count: count + 1,
+            last_observed_time: MicroTime(now),
+        });
+        // Conditional on the resourceVersion just read: a concurrent update wins, this one
+        // is dropped (an Event is a report, not state).
+        match api.replace(&name, &PostParams::default(), &existing).await {
+            Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    fn api(&self, event: &Event) -> Api<Event> {
+        Api::namespaced(
+            self.client.clone(),
+            event.metadata.namespace.as_deref().unwrap_or("default"),
+        )
+    }
+
+    fn event(&self, name: String, now: Timestamp, note: Note, regarding: ObjectReference) -> Event {
         let namespace = regarding
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
-        let event = Event {
+        Event {
             metadata: ObjectMeta {
-                name: Some(event_name(
-                    regarding.name.as_deref().unwrap_or(&self.controller),
-                    now,
-                )),
-                namespace: Some(namespace.clone()),
+                name: Some(name),
+                namespace: Some(namespace),
                 ..Default::default()
             },
             event_time: Some(MicroTime(now)),
@@ -119,18 +176,15 @@ impl EventPublisher {
             reporting_controller: Some(self.controller.clone()),
             reporting_instance: Some(self.instance.clone()),
             ..Default::default()
-        };
-        Api::<Event>::namespaced(self.client.clone(), &namespace)
-            .create(&PostParams::default(), &event)
-            .await
-            .map(drop)
+        }
     }
 }
 
-/// `<object>.<nanoseconds in hex>`, the object's name cut so the whole fits in a name (and
-/// still ends in a letter or digit, as every part of a DNS-1123 subdomain must).
-fn event_name(object: &str, now: Timestamp) -> String {
-    let suffix = format!(".{:x}", now.as_nanosecond());
+/// `<object>.<suffix>` (the suffix: nanoseconds in hex, or a series' name), the object's name
+/// cut so the whole fits in a name (and still ends in a letter or digit, as every part of a
+/// DNS-1123 subdomain must).
+fn event_name(object: &str, suffix: &str) -> String {
+    let suffix = format!(".{suffix}");
     let room = MAX_NAME - suffix.len();
     let cut = &object[..object.len().min(room)];
     format!("{}{suffix}", cut.trim_end_matches(['-', '.']))
@@ -144,6 +198,7 @@ mod tests {
     #[test]
     fn event_names_fit_for_the_longest_object_names() {
         let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let now = &format!("{:x}", now.as_nanosecond());
         let short = event_name("alice", now);
         assert!(short.starts_with("alice.") && short.len() < 30, "{short}");
         let long = format!("{}-{}", "a".repeat(240), "b".repeat(12));

@@ -413,7 +413,8 @@ impl Settler {
         .await
     }
 
-    /// One Event on the customer per batch.
+    /// One Event on the customer per batch: the next of the customer's `Settled` series, so that
+    /// etcd holds one such Event per customer, not one per batch.
     async fn announce(&self, key: &CustomerKey, batch: &[&AbsorbedOrder]) {
         let Some(customer) = self.caches.customers.get(&key.customer_ref()) else {
             return;
@@ -424,20 +425,18 @@ impl Settler {
             .map(|a| a.quantity)
             .sum();
         info!(customer = %key.customer_ref(), orders = batch.len(), points, "settled");
+        // The same note for every batch: the series counts them (the log has each batch).
         let note = Note {
             type_: EventType::Normal,
             reason: "Settled",
             action: "Settle".into(),
-            note: format!(
-                "{} {} settled into the ledger ({points} points); the score is unchanged",
-                batch.len(),
-                if batch.len() == 1 { "order" } else { "orders" }
-            ),
+            note: "final orders settled into the ledger, a batch per count; the score is unchanged"
+                .into(),
         };
         if let Err(error) = self
             .ctx
             .events
-            .publish(note, customer.object_ref(&()))
+            .publish_series("settled", note, customer.object_ref(&()))
             .await
         {
             warn!(%error, "could not record the Settled event");
