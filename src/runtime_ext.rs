@@ -3,7 +3,11 @@
 //! reason: read-your-writes of status writes (`controller::status`) and the Lease renewal fence
 //! (`leader`).
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use k8s_openapi::{
     api::{
@@ -15,9 +19,10 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource,
-    api::PostParams,
+    api::{Patch, PatchParams, PostParams},
     runtime::{events::EventType, reflector::ObjectRef},
 };
+use serde_json::json;
 
 /// Consecutive failed reconciles per object, for exponential backoff: one bad object is retried
 /// ever more slowly while the others go on.
@@ -73,7 +78,11 @@ pub struct EventPublisher {
     client: Client,
     controller: String,
     instance: String,
+    /// Per series Event (namespace, name): the resourceVersion and count this process wrote.
+    series: Arc<Mutex<SeriesVersions>>,
 }
+
+type SeriesVersions = HashMap<(String, String), (String, i32)>;
 
 /// One Event about one object.
 pub struct Note {
@@ -89,6 +98,7 @@ impl EventPublisher {
             client,
             controller: controller.into(),
             instance: instance.into(),
+            series: Arc::default(),
         }
     }
 
@@ -123,24 +133,77 @@ impl EventPublisher {
         );
         let event = self.event(name.clone(), now, note, regarding);
         let api = self.api(&event);
-        match api.create(&PostParams::default(), &event).await {
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            other => return other.map(drop),
+        let key = (
+            event.metadata.namespace.clone().unwrap_or_default(),
+            name.clone(),
+        );
+        // The Event this process last wrote: one patch, conditional on its resourceVersion.
+        let known = self.lock_series().get(&key).cloned();
+        if let Some((version, count)) = known {
+            match self.count(&api, &name, &version, count + 1, now).await {
+                Ok(written) => {
+                    self.remember(key, &written, count + 1);
+                    return Ok(());
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => {
+                    self.lock_series().remove(&key);
+                }
+                Err(error) => return Err(error),
+            }
         }
-        let Some(mut existing) = api.get_opt(&name).await? else {
+        match api.create(&PostParams::default(), &event).await {
+            Ok(written) => {
+                self.remember(key, &written, 1);
+                return Ok(());
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => return Err(error),
+        }
+        // It exists, written before this process knew it (a restart, another replica).
+        let Some(existing) = api.get_opt(&name).await? else {
             return Ok(());
         };
-        let count = existing.series.as_ref().map_or(1, |s| s.count);
-        existing.series = Some(EventSeries {
-            count: count + 1,
-            last_observed_time: MicroTime(now),
-        });
-        // Conditional on the resourceVersion just read: a concurrent update wins, this one
-        // is dropped (an Event is a report, not state).
-        match api.replace(&name, &PostParams::default(), &existing).await {
+        let count = existing.series.as_ref().map_or(1, |s| s.count) + 1;
+        let version = existing.metadata.resource_version.unwrap_or_default();
+        match self.count(&api, &name, &version, count, now).await {
+            Ok(written) => {
+                self.remember(key, &written, count);
+                Ok(())
+            }
+            // A concurrent update won: an Event is a report, not state.
             Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => Ok(()),
-            other => other.map(drop),
+            Err(error) => Err(error),
         }
+    }
+
+    /// Sets the series count of the Event `name`, if it is still at `version`.
+    async fn count(
+        &self,
+        api: &Api<Event>,
+        name: &str,
+        version: &str,
+        count: i32,
+        now: Timestamp,
+    ) -> Result<Event, kube::Error> {
+        let patch = json!({
+            "metadata": { "resourceVersion": version },
+            "series": EventSeries { count, last_observed_time: MicroTime(now) },
+        });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+    }
+
+    fn remember(&self, key: (String, String), written: &Event, count: i32) {
+        let version = written
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap_or_default();
+        self.lock_series().insert(key, (version, count));
+    }
+
+    fn lock_series(&self) -> std::sync::MutexGuard<'_, SeriesVersions> {
+        self.series.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn api(&self, event: &Event) -> Api<Event> {
