@@ -541,7 +541,7 @@ async fn a_missing_permission_is_reported_not_crashed_on() {
     // Everything the operator needs but the permission to write Order status.
     let role = format!(
         r#"{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{{"name":"{0}"}},"rules":[
-          {{"apiGroups":["reserve.coffeechain.io"],"resources":["customers","orders"],"verbs":["get","list","watch"]}},
+          {{"apiGroups":["reserve.coffeechain.io"],"resources":["customers","orders","ledgers"],"verbs":["get","list","watch"]}},
           {{"apiGroups":["reserve.coffeechain.io"],"resources":["customers/status"],"verbs":["patch"]}},
           {{"apiGroups":["events.k8s.io"],"resources":["events"],"verbs":["create"]}}]}}"#,
         identity.object_name()
