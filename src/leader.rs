@@ -101,6 +101,11 @@ impl Fence {
         }
     }
 
+    /// Follows the fence opening (a renewal) and closing (a term's end, or another holder).
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.opened.subscribe()
+    }
+
     /// Resolves once the fence has opened (at once without leader election).
     pub async fn opened(&self) {
         let mut opened = self.opened.subscribe();

@@ -96,11 +96,26 @@ pub async fn run(
         %identity,
         "watching"
     );
+    // `reserve_leader` says 1 only while this replica leads and its fence is open: a leader
+    // that has seen another holder stops saying it leads at once, not when its term ends.
+    let report_leader = {
+        let (leading, metrics, mut open) =
+            (leading.clone(), ctx.metrics.clone(), fence.subscribe());
+        tokio::spawn(async move {
+            loop {
+                let is = leading.load(Ordering::Relaxed) && *open.borrow_and_update();
+                metrics.set_leader(is);
+                if open.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
     let on_change = {
-        let (leading, metrics) = (leading.clone(), ctx.metrics.clone());
+        let (leading, metrics, fence) = (leading.clone(), ctx.metrics.clone(), fence.clone());
         move |is_leading: bool| {
             leading.store(is_leading, Ordering::Relaxed);
-            metrics.set_leader(is_leading);
+            metrics.set_leader(is_leading && fence.check().is_ok());
         }
     };
     let lead = {
@@ -127,6 +142,7 @@ pub async fn run(
         on_change(false);
     }
     drop(watches);
+    report_leader.abort();
     alive.store(false, Ordering::Relaxed);
     info!("shut down");
     match probe_server.await {
