@@ -11,7 +11,11 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use reserve_operator::{
-    controller::{customer, index::Index, order},
+    controller::{
+        customer,
+        index::{Index, OrderKey},
+        order,
+    },
     crd::{Customer, Order},
     loyalty::LevelPolicy,
 };
@@ -73,7 +77,9 @@ pub async fn measure(
         .collect();
     let mut patches: Vec<(bool, String, serde_json::Value)> = Vec::new();
     for o in &orders {
-        let status = order::desired_status(o, None, &index, &policy, now);
+        let key = OrderKey::of_order(o);
+        let facts = index.order(&key).ok_or("an order missing from the index")?;
+        let status = order::desired_status(&key, facts, None, &index, &policy, now);
         patches.push((true, name(o), json!({ "apiVersion": "reserve.coffeechain.io/v1alpha1", "kind": "Order", "status": status })));
     }
     for c in &customers {

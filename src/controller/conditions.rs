@@ -14,20 +14,38 @@ pub struct Observation<'a> {
     pub message: String,
 }
 
+/// Since when the previous conditions said what a condition says now, if they did.
+pub trait Transitions {
+    fn since(&self, type_: &str, is_true: bool) -> Option<Time>;
+}
+
+impl Transitions for [Condition] {
+    fn since(&self, type_: &str, is_true: bool) -> Option<Time> {
+        let status = if is_true { "True" } else { "False" };
+        self.iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+    }
+}
+
+impl<T: Transitions + ?Sized> Transitions for Option<&T> {
+    fn since(&self, type_: &str, is_true: bool) -> Option<Time> {
+        self.and_then(|previous| previous.since(type_, is_true))
+    }
+}
+
 /// The condition for `observation`. It keeps the previous lastTransitionTime while its status
 /// stays the same, so an unchanged status compares equal to the stored one and is not written
 /// again; a new status gets `now`.
 pub fn condition(
-    previous: &[Condition],
+    previous: &(impl Transitions + ?Sized),
     observation: Observation<'_>,
     generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
     let status = if observation.is_true { "True" } else { "False" };
     let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == observation.type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
+        .since(observation.type_, observation.is_true)
         // Stored times have whole seconds; a fresh one must too, or it would never compare equal.
         .unwrap_or_else(|| {
             Time(Timestamp::from_second(now.as_second()).unwrap_or(Timestamp::UNIX_EPOCH))

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use kube::{Client, Resource};
+use kube::{Client, Resource, runtime::reflector::ObjectRef};
 
 use super::{
     Error, Triggers,
@@ -23,7 +23,7 @@ use crate::{
 /// What the operator keeps per reconciled kind.
 pub struct Kind<K: Resource, S> {
     pub writer: StatusWriter<K, S>,
-    pub backoff: Backoff<K>,
+    pub backoff: Backoff<ObjectRef<K>>,
 }
 
 pub struct Context {

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     Resource, ResourceExt,
-    runtime::{controller::Action, events::EventType},
+    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
 use tracing::{debug, info, instrument, warn};
 
@@ -75,7 +75,7 @@ pub async fn reconcile(customer: Arc<Customer>, ctx: Arc<Context>) -> Result<Act
         }
         kind.writer
             .write(
-                &customer,
+                &ObjectRef::from_obj(&*customer),
                 &current.resource_version,
                 &desired,
                 &ctx.fence,
@@ -87,7 +87,7 @@ pub async fn reconcile(customer: Arc<Customer>, ctx: Arc<Context>) -> Result<Act
     } else {
         debug!("status up to date");
     }
-    kind.backoff.succeeded(&customer);
+    kind.backoff.succeeded(&ObjectRef::from_obj(&*customer));
     Ok(Action::await_change())
 }
 
@@ -128,7 +128,11 @@ pub fn error_policy(customer: Arc<Customer>, error: &Error, ctx: Arc<Context>) -
     match error {
         // Fresh data or a fresh Lease is on its way; look again soon, without counting a failure.
         Error::NotLeading(_) => Action::requeue(Duration::from_millis(500)),
-        _ => Action::requeue(ctx.customers.backoff.failed(&customer)),
+        _ => Action::requeue(
+            ctx.customers
+                .backoff
+                .failed(&ObjectRef::from_obj(&*customer)),
+        ),
     }
 }
 

@@ -9,17 +9,16 @@
 use std::{fmt::Debug, sync::Arc};
 
 use kube::{
-    Resource,
-    runtime::{reflector::ObjectRef, reflector::Store, watcher},
+    Resource, ResourceExt,
+    runtime::{reflector::ObjectRef, watcher},
 };
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use super::{
     Context,
-    index::{Index, ListedCustomer, ListedLedger, ListedOrder},
+    index::{Index, ListedCustomer, ListedLedger, ListedOrder, OrderKey},
     readiness::Watched,
-    settlement,
 };
 use crate::crd::{Customer, Ledger, Order};
 
@@ -27,7 +26,7 @@ use crate::crd::{Customer, Ledger, Order};
 #[derive(Debug, Default, PartialEq)]
 pub struct Wakes {
     pub customers: Vec<ObjectRef<Customer>>,
-    pub orders: Vec<ObjectRef<Order>>,
+    pub orders: Vec<OrderKey>,
 }
 
 /// What differs between the watched kinds.
@@ -43,7 +42,7 @@ pub trait Watchable:
     fn apply(index: &mut Index, obj: &Self) -> Wakes;
     fn delete(index: &mut Index, obj: &Self) -> Wakes;
     /// `obj` itself, among the objects to wake.
-    fn wake(wakes: &mut Wakes, obj: ObjectRef<Self>);
+    fn wake(wakes: &mut Wakes, obj: &Self);
     /// Whether the event shows this process's own status write.
     fn is_own_echo(ctx: &Context, obj: &Self) -> bool;
     fn forget(ctx: &Context, obj: &Self);
@@ -95,16 +94,19 @@ impl Watchable for Customer {
         }
     }
 
-    fn wake(wakes: &mut Wakes, customer: ObjectRef<Self>) {
-        wakes.customers.push(customer);
+    fn wake(wakes: &mut Wakes, customer: &Self) {
+        wakes.customers.push(ObjectRef::from_obj(customer));
     }
 
     fn is_own_echo(ctx: &Context, customer: &Self) -> bool {
-        ctx.customers.writer.is_own_echo(customer)
+        ctx.customers.writer.is_own_echo(
+            &ObjectRef::from_obj(customer),
+            &customer.resource_version().unwrap_or_default(),
+        )
     }
 
     fn forget(ctx: &Context, customer: &Self) {
-        ctx.customers.writer.forget(customer);
+        ctx.customers.writer.forget(&ObjectRef::from_obj(customer));
         ctx.customer_pace.forget(customer);
     }
 }
@@ -138,27 +140,24 @@ impl Watchable for Order {
         }
     }
 
-    fn wake(wakes: &mut Wakes, order: ObjectRef<Self>) {
-        wakes.orders.push(order);
+    fn wake(wakes: &mut Wakes, order: &Self) {
+        wakes.orders.push(OrderKey::of_order(order));
     }
 
     fn is_own_echo(ctx: &Context, order: &Self) -> bool {
-        ctx.orders.writer.is_own_echo(order)
+        ctx.orders.writer.is_own_echo(
+            &ObjectRef::from_obj(order),
+            &order.resource_version().unwrap_or_default(),
+        )
     }
 
     fn forget(ctx: &Context, order: &Self) {
-        ctx.orders.writer.forget(order)
+        ctx.orders.writer.forget(&ObjectRef::from_obj(order));
+        ctx.orders.backoff.succeeded(&ObjectRef::from_obj(order));
     }
 
-    /// Keeps, of all the metadata settlement reads, one mark: whether the order is declared
-    /// in Git (such an order is never settled).
-    fn slim(order: &mut Self) {
-        let declared = settlement::is_declared(order.meta());
-        strip(order);
-        if declared {
-            settlement::mark_declared(order.meta_mut());
-        }
-    }
+    /// Nothing: no cache keeps Orders; the index takes what it needs from the event.
+    fn slim(_: &mut Self) {}
 }
 
 impl Watchable for Ledger {
@@ -192,7 +191,7 @@ impl Watchable for Ledger {
 
     /// A ledger is its customer's: a change wakes the customer (when what counts changed,
     /// through `apply`), never a ledger reconcile (there is none).
-    fn wake(_: &mut Wakes, _: ObjectRef<Self>) {}
+    fn wake(_: &mut Wakes, _: &Self) {}
 
     fn is_own_echo(_: &Context, _: &Self) -> bool {
         false
@@ -201,11 +200,11 @@ impl Watchable for Ledger {
     fn forget(_: &Context, _: &Self) {}
 }
 
-/// Feeds the events of one watch (after its reflector has applied them to `store`) into the
-/// index, readiness and the triggers.
+/// Feeds the events of one watch (after its reflector, if any, has applied them) into the
+/// index, readiness and the triggers; after each (re-)list, `everything` says what to wake.
 pub fn feed<K: Watchable>(
     ctx: Arc<Context>,
-    store: Store<K>,
+    everything: impl Fn(&Index) -> Wakes,
 ) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
     let mut relisted: Option<Vec<K::Listed>> = None;
     move |event| {
@@ -215,7 +214,7 @@ pub fn feed<K: Watchable>(
                 let own = K::is_own_echo(&ctx, obj);
                 let mut wakes = K::apply(&mut ctx.index_mut(), obj);
                 if !own {
-                    K::wake(&mut wakes, ObjectRef::from_obj(obj));
+                    K::wake(&mut wakes, obj);
                 }
                 wakes
             }
@@ -234,11 +233,12 @@ pub fn feed<K: Watchable>(
                 Wakes::default()
             }
             Ok(watcher::Event::InitDone) => {
-                let mut wakes = K::reset(&mut ctx.index_mut(), relisted.take().unwrap_or_default());
+                let mut index = ctx.index_mut();
+                let mut wakes = K::reset(&mut index, relisted.take().unwrap_or_default());
                 ctx.readiness.listed(K::KIND);
-                for obj in store.state() {
-                    K::wake(&mut wakes, ObjectRef::from_obj(obj.as_ref()));
-                }
+                let all = everything(&index);
+                wakes.customers.extend(all.customers);
+                wakes.orders.extend(all.orders);
                 wakes
             }
             Err(error) => {

@@ -8,18 +8,24 @@
 
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},
+    fmt,
     hash::{DefaultHasher, Hash, Hasher},
     sync::Arc,
 };
 
-use kube::{ResourceExt, runtime::reflector::ObjectRef};
+use kube::{Resource, ResourceExt, runtime::reflector::ObjectRef};
 
+use super::{
+    seen::{SeenOrder, SeenStatus},
+    settlement,
+};
 use crate::{
     crd::{Customer, Ledger, Order, OrderState},
     loyalty::{MISSING_CUSTOMER_LEVEL, Tally},
 };
 
-/// What of an Order counts towards its customer's status, and the snapshot it took.
+/// What of an Order counts towards its customer's status, the snapshot it took, and the rest
+/// of what the reconcilers read of it (the operator keeps no other copy of Orders).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrderFacts {
     /// A hash of the uid: an order deleted and created again under its name is a new order.
@@ -29,11 +35,44 @@ pub struct OrderFacts {
     pub state: OrderState,
     /// The customer level first seen in the order's status, kept whatever later statuses show.
     snapshot: Option<Arc<str>>,
+    pub seen: SeenOrder,
 }
 
 impl OrderFacts {
     fn counts_the_same(&self, other: &OrderFacts) -> bool {
         (self.quantity, self.state) == (other.quantity, other.state)
+    }
+
+    /// The customer level this order's status showed first, if the index has seen one.
+    pub fn snapshot(&self) -> Option<&str> {
+        self.snapshot.as_deref()
+    }
+}
+
+/// An order by its customer and its name: where the index keeps it. An order's customer never
+/// changes (the API server refuses it), so this names one order for as long as it lives.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct OrderKey {
+    pub customer: CustomerKey,
+    pub name: String,
+}
+
+impl OrderKey {
+    pub fn of_order(order: &Order) -> Self {
+        Self {
+            customer: CustomerKey::of_order(order),
+            name: order.name_any(),
+        }
+    }
+
+    pub fn object_ref(&self) -> ObjectRef<Order> {
+        self.customer.order_ref(&self.name)
+    }
+}
+
+impl fmt::Display for OrderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.customer.namespace, self.name)
     }
 }
 
@@ -72,6 +111,13 @@ impl CustomerKey {
 
     fn order_ref(&self, order: &str) -> ObjectRef<Order> {
         ObjectRef::new(order).within(&self.namespace)
+    }
+
+    pub fn order_key(&self, order: &str) -> OrderKey {
+        OrderKey {
+            customer: self.clone(),
+            name: order.to_owned(),
+        }
     }
 }
 
@@ -138,6 +184,10 @@ impl Index {
             .and_then(|s| s.customer_level.as_deref())
             .filter(|level| *level != MISSING_CUSTOMER_LEVEL)
             .map(|level| self.level(level));
+        let status = order
+            .status
+            .as_ref()
+            .map(|status| SeenStatus::of(status, |level| self.level(level)));
         ListedOrder {
             customer: CustomerKey::of_order(order),
             name: order.name_any(),
@@ -146,6 +196,14 @@ impl Index {
                 quantity: i64::from(order.spec.quantity),
                 state: order.spec.state,
                 snapshot,
+                seen: SeenOrder {
+                    uid: order.uid().unwrap_or_default().into(),
+                    resource_version: order.resource_version().unwrap_or_default().into(),
+                    generation: order.metadata.generation,
+                    declared: settlement::is_declared(order.meta()),
+                    deleting: order.metadata.deletion_timestamp.is_some(),
+                    status,
+                },
             },
         }
     }
@@ -247,7 +305,7 @@ impl Index {
     }
 
     /// Records an added or changed Customer. Returns its Orders when the customer is new.
-    pub fn apply_customer(&mut self, customer: &Customer) -> Vec<ObjectRef<Order>> {
+    pub fn apply_customer(&mut self, customer: &Customer) -> Vec<OrderKey> {
         let ListedCustomer { key, uid } = Self::listed_customer(customer);
         if self.customers.get(&key) == Some(&uid) {
             return Vec::new();
@@ -258,7 +316,7 @@ impl Index {
     }
 
     /// Forgets a deleted Customer. Returns its Orders, which lose their customer.
-    pub fn delete_customer(&mut self, customer: &Customer) -> Vec<ObjectRef<Order>> {
+    pub fn delete_customer(&mut self, customer: &Customer) -> Vec<OrderKey> {
         let key = CustomerKey::of_customer(customer);
         match self.customers.remove(&key) {
             Some(_) => self.order_refs(&key),
@@ -268,7 +326,7 @@ impl Index {
 
     /// Replaces every Customer after a (re-)list. Returns the Orders whose customer appeared,
     /// disappeared or was replaced.
-    pub fn reset_customers(&mut self, listed: Vec<ListedCustomer>) -> Vec<ObjectRef<Order>> {
+    pub fn reset_customers(&mut self, listed: Vec<ListedCustomer>) -> Vec<OrderKey> {
         let customers: HashMap<CustomerKey, u64> =
             listed.into_iter().map(|c| (c.key, c.uid)).collect();
         let old = std::mem::replace(&mut self.customers, customers);
@@ -347,11 +405,10 @@ impl Index {
             .is_some_and(|facts| facts.uid == uid)
     }
 
-    /// Whether `order` is counted in its customer's ledger already (on its way out).
-    pub fn is_absorbed(&self, order: &Order) -> bool {
-        self.ledgers
-            .get(&CustomerKey::of_order(order))
-            .is_some_and(|l| l.absorbs(uid_hash(order.uid())))
+    /// Whether the order with these `facts` is counted in the ledger of its customer `key`
+    /// already (on its way out).
+    pub fn is_absorbed(&self, key: &CustomerKey, facts: &OrderFacts) -> bool {
+        self.ledgers.get(key).is_some_and(|l| l.absorbs(facts.uid))
     }
 
     pub fn has_customer(&self, key: &CustomerKey) -> bool {
@@ -392,15 +449,18 @@ impl Index {
             .plus(Tally::of(gone.map(absorbed)))
     }
 
-    /// The customer level this order's status showed first, if the index has seen one.
-    pub fn snapshot_of(&self, order: &Order) -> Option<&str> {
-        let facts = self
-            .orders
-            .get(&CustomerKey::of_order(order))?
-            .get(&order.name_any())?;
-        (facts.uid == uid_hash(order.uid()))
-            .then_some(facts.snapshot.as_deref())
-            .flatten()
+    /// One order, if the index holds it.
+    pub fn order(&self, key: &OrderKey) -> Option<&OrderFacts> {
+        self.orders.get(&key.customer)?.get(&key.name)
+    }
+
+    /// Every order, with its customer.
+    pub fn all_orders(&self) -> impl Iterator<Item = (&CustomerKey, &str, &OrderFacts)> {
+        self.orders.iter().flat_map(|(key, orders)| {
+            orders
+                .iter()
+                .map(move |(name, facts)| (key, name.as_str(), facts))
+        })
     }
 
     pub fn customer_count(&self) -> usize {
@@ -411,9 +471,9 @@ impl Index {
         self.orders.values().map(HashMap::len).sum()
     }
 
-    fn order_refs(&self, key: &CustomerKey) -> Vec<ObjectRef<Order>> {
+    fn order_refs(&self, key: &CustomerKey) -> Vec<OrderKey> {
         self.orders_of(key)
-            .map(|(name, _)| key.order_ref(name))
+            .map(|(name, _)| key.order_key(name))
             .collect()
     }
 }

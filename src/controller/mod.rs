@@ -1,11 +1,13 @@
 //! The two controllers and how watch events reach them.
 //!
-//! One watch per kind feeds a reflector cache and the shared [`Index`] on every replica, leader
-//! or not, so a standby that takes over has everything at hand and needs no re-list. Only the
-//! Lease holder reconciles: each term starts one queue per kind, reconciles every object once,
-//! then whatever the watches wake ([`feed`]). A queue runs at most one reconcile per object at a
-//! time and folds the wakes that arrive meanwhile into one more, so a busy customer is written
-//! as fast as the API server accepts, never held back by a debounce.
+//! One watch per kind feeds the shared [`Index`] on every replica, leader or not, so a standby
+//! that takes over has everything at hand and needs no re-list. Customers and Ledgers are also
+//! kept whole in reflector caches; Orders are not: the index keeps what their reconciler reads
+//! ([`seen`]), a quarter of the memory. Only the Lease holder reconciles: each term starts one
+//! queue per kind, reconciles every object once, then whatever the watches wake ([`feed`]). A
+//! queue runs at most one reconcile per object at a time and folds the wakes that arrive
+//! meanwhile into one more, so a busy customer is written as fast as the API server accepts,
+//! never held back by a debounce.
 //!
 //! Neither controller acts before every cache holds a full list: a customer reconciled against
 //! half of its orders, or without its ledger, would publish a wrong score. With `--settle-after`,
@@ -19,7 +21,9 @@ mod feed;
 pub mod index;
 pub mod order;
 mod pacer;
+mod queue;
 mod readiness;
+pub mod seen;
 pub mod settlement;
 pub mod status;
 
@@ -51,7 +55,7 @@ use tracing::{debug, info, warn};
 pub use context::Context;
 pub use error::{Error, METRIC_LABELS};
 pub use feed::Wakes;
-pub use index::Index;
+pub use index::{Index, OrderKey};
 pub use readiness::{Readiness, ReadyCollector};
 pub use status::FIELD_MANAGER;
 
@@ -65,11 +69,10 @@ pub const RESYNC: Duration = Duration::from_secs(600);
 /// Reconciles at once, per controller.
 pub const CONCURRENCY: u16 = 64;
 
-/// The caches of every watched kind, filled by the watches.
+/// The caches of whole objects, filled by the watches (Orders have none: see [`seen`]).
 #[derive(Clone)]
 pub struct Caches {
     pub customers: Store<Customer>,
-    pub orders: Store<Order>,
     pub ledgers: Store<Ledger>,
 }
 
@@ -81,7 +84,7 @@ pub struct Triggers {
 
 struct Queues {
     customers: UnboundedSender<ObjectRef<Customer>>,
-    orders: UnboundedSender<ObjectRef<Order>>,
+    orders: UnboundedSender<OrderKey>,
 }
 
 impl Triggers {
@@ -104,7 +107,7 @@ impl Triggers {
         &self,
     ) -> (
         UnboundedReceiver<ObjectRef<Customer>>,
-        UnboundedReceiver<ObjectRef<Order>>,
+        UnboundedReceiver<OrderKey>,
     ) {
         let (customers, customer_queue) = unbounded_channel();
         let (orders, order_queue) = unbounded_channel();
@@ -120,24 +123,17 @@ impl Triggers {
 /// Where the watches write what the caches hold.
 pub struct CacheWriters {
     customers: reflector::store::Writer<Customer>,
-    orders: reflector::store::Writer<Order>,
     ledgers: reflector::store::Writer<Ledger>,
 }
 
-/// Empty caches of every watched kind, and what fills them.
+/// Empty caches, and what fills them.
 pub fn caches() -> (Caches, CacheWriters) {
     let (customers, customer_writer) = reflector::store();
-    let (orders, order_writer) = reflector::store();
     let (ledgers, ledger_writer) = reflector::store();
     (
-        Caches {
-            customers,
-            orders,
-            ledgers,
-        },
+        Caches { customers, ledgers },
         CacheWriters {
             customers: customer_writer,
-            orders: order_writer,
             ledgers: ledger_writer,
         },
     )
@@ -152,21 +148,29 @@ pub fn watch(
     caches: &Caches,
     writers: CacheWriters,
 ) -> Watches {
+    let customers = caches.customers.clone();
     Watches(vec![
         tokio::spawn(run_watch(
             api(client, namespace),
-            writers.customers,
-            feed::feed(ctx.clone(), caches.customers.clone()),
+            Some(writers.customers),
+            feed::feed(ctx.clone(), move |_| Wakes {
+                customers: every_customer(&customers),
+                ..Wakes::default()
+            }),
+        )),
+        tokio::spawn(run_watch::<Order>(
+            api(client, namespace),
+            None,
+            feed::feed(ctx.clone(), |index| Wakes {
+                orders: every_order(index),
+                ..Wakes::default()
+            }),
         )),
         tokio::spawn(run_watch(
             api(client, namespace),
-            writers.orders,
-            feed::feed(ctx.clone(), caches.orders.clone()),
-        )),
-        tokio::spawn(run_watch(
-            api(client, namespace),
-            writers.ledgers,
-            feed::feed(ctx.clone(), caches.ledgers.clone()),
+            Some(writers.ledgers),
+            // A ledger wakes its customer when what it counts changed, nothing else.
+            feed::feed(ctx.clone(), |_| Wakes::default()),
         )),
     ])
 }
@@ -194,16 +198,22 @@ where
 
 async fn run_watch<K: feed::Watchable>(
     api: Api<K>,
-    writer: reflector::store::Writer<K>,
+    cache: Option<reflector::store::Writer<K>>,
     feed: impl FnMut(&Result<watcher::Event<K>, watcher::Error>),
 ) {
-    watcher::watcher(api, watcher::Config::default().any_semantic())
+    let events = watcher::watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(K::slim)
-        .reflect(writer)
-        .inspect(feed)
-        .for_each(|_| future::ready(()))
-        .await;
+        .modify(K::slim);
+    match cache {
+        Some(writer) => {
+            events
+                .reflect(writer)
+                .inspect(feed)
+                .for_each(|_| future::ready(()))
+                .await
+        }
+        None => events.inspect(feed).for_each(|_| future::ready(())).await,
+    }
 }
 
 /// One term of leadership: reconciles every object once, then what the watches wake, until
@@ -226,12 +236,16 @@ pub async fn lead(
     let (customer_queue, order_queue) = ctx.triggers.open();
     // Everything at the start of the term, then every RESYNC.
     let sweep = {
-        let (ctx, caches) = (ctx.clone(), caches.clone());
+        let (ctx, customers) = (ctx.clone(), caches.customers.clone());
         tokio::spawn(async move {
             let mut every = tokio::time::interval(RESYNC);
             loop {
                 every.tick().await;
-                ctx.triggers.wake(everything(&caches));
+                let orders = every_order(&ctx.index());
+                ctx.triggers.wake(Wakes {
+                    customers: every_customer(&customers),
+                    orders,
+                });
             }
         })
     };
@@ -251,24 +265,15 @@ pub async fn lead(
         customer::error_policy,
         ctx.clone(),
         caches.customers,
-        queue(customer_queue, stop.clone()),
-        config.clone(),
+        applier_queue(customer_queue, stop.clone()),
+        config,
     )
     .for_each(|result| {
         log_result(customer::CONTROLLER, result);
         future::ready(())
     });
-    let orders = controller::applier(
-        |obj, ctx| Box::pin(order::reconcile(obj, ctx)),
-        order::error_policy,
-        ctx.clone(),
-        caches.orders,
-        queue(order_queue, stop),
-        config,
-    )
-    .for_each(|result| {
-        log_result(order::CONTROLLER, result);
-        future::ready(())
+    let orders = queue::run(order_queue, stop, CONCURRENCY.into(), |key| {
+        order::reconcile(key, ctx.clone())
     });
     future::join(customers, orders).await;
     sweep.abort();
@@ -279,26 +284,26 @@ pub async fn lead(
     info!("stopped reconciling");
 }
 
-/// Every object in the caches.
-fn everything(caches: &Caches) -> Wakes {
-    Wakes {
-        customers: caches
-            .customers
-            .state()
-            .iter()
-            .map(|c| ObjectRef::from_obj(c.as_ref()))
-            .collect(),
-        orders: caches
-            .orders
-            .state()
-            .iter()
-            .map(|o| ObjectRef::from_obj(o.as_ref()))
-            .collect(),
-    }
+fn every_customer(customers: &Store<Customer>) -> Vec<ObjectRef<Customer>> {
+    customers
+        .state()
+        .iter()
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+fn every_order(index: &Index) -> Vec<OrderKey> {
+    index
+        .all_orders()
+        .map(|(customer, name, _)| OrderKey {
+            customer: customer.clone(),
+            name: name.to_owned(),
+        })
+        .collect()
 }
 
 /// The wakes of a term as the applier's queue, ending (gracefully) when `stop` resolves.
-fn queue<K: kube::Resource>(
+fn applier_queue<K: kube::Resource>(
     wakes: UnboundedReceiver<ObjectRef<K>>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> impl futures::Stream<Item = Result<ObjectRef<K>, Infallible>> {

@@ -1,20 +1,21 @@
 //! Order reconciler: mirrors spec.state into status.phase, takes the customer-level snapshot
-//! once, and says whether the customer exists.
+//! once, and says whether the customer exists. It reads the order from the index (the operator
+//! keeps no cache of whole Orders) and runs on the [`queue`](super::queue).
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{
-    Resource, ResourceExt,
-    runtime::{controller::Action, events::EventType},
+use k8s_openapi::{
+    api::core::v1::ObjectReference, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
 };
-use tracing::{debug, instrument, warn};
+use kube::{Resource, runtime::events::EventType};
+use tracing::{Instrument, debug, info_span, warn};
 
 use super::{
     conditions::{self, Observation},
     context::Context,
     error::Error,
-    index::{CustomerKey, Index},
+    index::{Index, OrderFacts, OrderKey},
+    seen::SeenStatus,
 };
 use crate::{
     crd::{CUSTOMER_FOUND, Order, OrderStatus, READY},
@@ -26,24 +27,26 @@ pub const CONTROLLER: &str = "order";
 
 pub const CUSTOMER_NOT_FOUND: &str = "CustomerNotFound";
 
-/// The status `order` should have, given the customers and orders in `index`.
+/// The status the order `key` (with `facts`) should have, given the customers and orders in
+/// `index`; `current` is the status it has now, as far as this process knows.
 ///
 /// The snapshot (`customerLevel`) is the first one the index saw for this order, else the one
 /// `current` shows (this operator's own write not yet seen by the watch), else, if the customer
 /// exists, the level it has without this order (so the result does not depend on whether the
 /// order or its customer is reconciled first); Iron until then.
 pub fn desired_status(
-    order: &Order,
-    current: Option<&OrderStatus>,
+    key: &OrderKey,
+    facts: &OrderFacts,
+    current: Option<&SeenStatus>,
     index: &Index,
     policy: &LevelPolicy,
     now: Timestamp,
 ) -> OrderStatus {
-    let key = CustomerKey::of_order(order);
-    let generation = order.metadata.generation;
-    let state = order.spec.state;
-    let customer_exists = index.has_customer(&key);
-    let snapshot = index.snapshot_of(order).or_else(|| {
+    let customer = &key.customer;
+    let generation = facts.seen.generation;
+    let state = facts.state;
+    let customer_exists = index.has_customer(customer);
+    let snapshot = facts.snapshot().or_else(|| {
         current
             .and_then(|s| s.customer_level.as_deref())
             .filter(|level| *level != MISSING_CUSTOMER_LEVEL)
@@ -51,22 +54,21 @@ pub fn desired_status(
     let customer_level = match snapshot {
         Some(level) => level,
         None if customer_exists => {
-            policy.level_for(index.tally_of(&key, Some(&order.name_any())).score)
+            policy.level_for(index.tally_of(customer, Some(&key.name)).score)
         }
         None => MISSING_CUSTOMER_LEVEL,
     };
 
-    let previous = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let ready = Observation {
         type_: READY,
         is_true: true,
         reason: "Accepted",
         message: if customer_exists {
-            format!("{state} order of customer {:?}", key.name)
+            format!("{state} order of customer {:?}", customer.name)
         } else {
             format!(
                 "{state} order of {:?}, who is not a customer: level {customer_level}, not counted",
-                key.name
+                customer.name
             )
         },
     };
@@ -75,7 +77,7 @@ pub fn desired_status(
             type_: CUSTOMER_FOUND,
             is_true: true,
             reason: "CustomerFound",
-            message: format!("customer {:?} exists", key.name),
+            message: format!("customer {:?} exists", customer.name),
         }
     } else {
         Observation {
@@ -84,7 +86,7 @@ pub fn desired_status(
             reason: CUSTOMER_NOT_FOUND,
             message: format!(
                 "customer {:?} does not exist in namespace {:?}",
-                key.name, key.namespace
+                customer.name, customer.namespace
             ),
         }
     };
@@ -101,68 +103,123 @@ pub fn desired_status(
         customer_level: Some(customer_level.to_owned()),
         observed_generation: generation,
         conditions: [ready, found]
-            .map(|observation| conditions::condition(previous, observation, generation, now))
+            .map(|observation| conditions::condition(&current, observation, generation, now))
             .into(),
     }
 }
 
 /// Whether a status says the order's customer is missing.
-fn customer_missing(status: Option<&OrderStatus>) -> bool {
-    status
-        .and_then(|s| conditions::find(&s.conditions, CUSTOMER_FOUND))
-        .is_some_and(|c| c.status == "False")
+fn customer_missing(status: &OrderStatus) -> bool {
+    conditions::find(&status.conditions, CUSTOMER_FOUND).is_some_and(|c| c.status == "False")
 }
 
-#[instrument(skip_all, fields(controller = CONTROLLER, namespace = order.metadata.namespace.as_deref().unwrap_or_default(), name = %order.name_any()))]
-pub async fn reconcile(order: Arc<Order>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// A status write an order needs.
+struct Write {
+    resource_version: String,
+    status: OrderStatus,
+    /// The status said the customer was missing before.
+    was_missing: bool,
+    uid: Box<str>,
+}
+
+/// Reconciles the order `key`; returns when to look at it again, after a failure.
+pub async fn reconcile(key: OrderKey, ctx: Arc<Context>) -> Option<Duration> {
+    let span = info_span!("reconcile", controller = CONTROLLER, namespace = %key.customer.namespace, name = %key.name);
+    let result = reconcile_order(&key, &ctx).instrument(span).await;
+    let object = key.object_ref();
+    match result {
+        Ok(()) => {
+            ctx.orders.backoff.succeeded(&object);
+            None
+        }
+        Err(error) => {
+            ctx.report_failure(CONTROLLER, &key.to_string(), &error);
+            Some(match error {
+                Error::NotLeading(_) => Duration::from_millis(500),
+                _ => ctx.orders.backoff.failed(&object),
+            })
+        }
+    }
+}
+
+async fn reconcile_order(key: &OrderKey, ctx: &Context) -> Result<(), Error> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let kind = &ctx.orders;
-    let current = kind.writer.current(&order, order.status.as_ref());
-    let desired = desired_status(
-        &order,
-        current.status.as_ref(),
-        &ctx.index(),
-        &ctx.policy,
-        Timestamp::now(),
-    );
-    if current.status.as_ref() != Some(&desired) {
-        kind.writer
-            .write(
-                &order,
-                &current.resource_version,
-                &desired,
-                &ctx.fence,
-                &ctx.metrics,
-                &ctx.readiness,
-            )
-            .await?;
-        if customer_missing(Some(&desired)) && !customer_missing(current.status.as_ref()) {
-            let note = Note {
-                type_: EventType::Warning,
-                reason: CUSTOMER_NOT_FOUND,
-                action: "Attribute".into(),
-                note: format!(
-                    "customer {:?} does not exist; the order counts once it does",
-                    order.spec.customer
-                ),
-            };
-            if let Err(error) = ctx.events.publish(note, order.object_ref(&())).await {
-                warn!(%error, "could not record the CustomerNotFound event");
-            }
+    let object = key.object_ref();
+    let write = {
+        let index = ctx.index();
+        let Some(facts) = index.order(key) else {
+            debug!("gone before its reconcile");
+            return Ok(());
+        };
+        let (resource_version, current) = match kind
+            .writer
+            .unseen_write(&object, &facts.seen.resource_version)
+        {
+            Some((produced, written)) => (
+                produced,
+                Some(SeenStatus::of(&written, |level| Arc::from(level))),
+            ),
+            None => (
+                facts.seen.resource_version.to_string(),
+                facts.seen.status.clone(),
+            ),
+        };
+        let status = desired_status(
+            key,
+            facts,
+            current.as_ref(),
+            &index,
+            &ctx.policy,
+            Timestamp::now(),
+        );
+        match &current {
+            Some(current) if current.shows(&status) => None,
+            _ => Some(Write {
+                resource_version,
+                status,
+                was_missing: current.and_then(|c| c.condition(CUSTOMER_FOUND)) == Some(false),
+                uid: facts.seen.uid.clone(),
+            }),
         }
-    } else {
+    };
+    let Some(write) = write else {
         debug!("status up to date");
+        return Ok(());
+    };
+    kind.writer
+        .write(
+            &object,
+            &write.resource_version,
+            &write.status,
+            &ctx.fence,
+            &ctx.metrics,
+            &ctx.readiness,
+        )
+        .await?;
+    if customer_missing(&write.status) && !write.was_missing {
+        let note = Note {
+            type_: EventType::Warning,
+            reason: CUSTOMER_NOT_FOUND,
+            action: "Attribute".into(),
+            note: format!(
+                "customer {:?} does not exist; the order counts once it does",
+                key.customer.name
+            ),
+        };
+        let regarding = ObjectReference {
+            api_version: Some(Order::api_version(&()).into()),
+            kind: Some(Order::kind(&()).into()),
+            name: Some(key.name.clone()),
+            namespace: Some(key.customer.namespace.clone()),
+            uid: Some(write.uid.into()),
+            ..ObjectReference::default()
+        };
+        if let Err(error) = ctx.events.publish(note, regarding).await {
+            warn!(%error, "could not record the CustomerNotFound event");
+        }
     }
-    kind.backoff.succeeded(&order);
-    Ok(Action::await_change())
-}
-
-pub fn error_policy(order: Arc<Order>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.report_failure(CONTROLLER, &order.name_any(), error);
-    match error {
-        Error::NotLeading(_) => Action::requeue(Duration::from_millis(500)),
-        _ => Action::requeue(ctx.orders.backoff.failed(&order)),
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -208,6 +265,20 @@ mod tests {
         order
     }
 
+    /// The desired status of `order`, as the index holds it, with `current` as its status now.
+    fn desired_status(
+        order: &Order,
+        current: Option<&OrderStatus>,
+        index: &Index,
+        policy: &LevelPolicy,
+        now: Timestamp,
+    ) -> OrderStatus {
+        let key = OrderKey::of_order(order);
+        let facts = index.order(&key).expect("the order is in the index");
+        let current = current.map(|s| SeenStatus::of(s, |level| Arc::from(level)));
+        super::desired_status(&key, facts, current.as_ref(), index, policy, now)
+    }
+
     #[test]
     fn an_order_of_a_missing_customer_is_accepted_as_iron() {
         let big = order("big", 10, Completed);
@@ -222,7 +293,7 @@ mod tests {
             ("False", CUSTOMER_NOT_FOUND)
         );
         assert_eq!(status.observed_generation, Some(2));
-        assert!(customer_missing(Some(&status)));
+        assert!(customer_missing(&status));
     }
 
     #[test]
@@ -277,7 +348,8 @@ mod tests {
     #[test]
     fn the_phase_mirrors_the_state_whatever_the_status_said() {
         let order = order("o", 1, Requested);
-        let index = Index::default();
+        let mut index = Index::default();
+        index.apply_order(&order);
         let forged = OrderStatus {
             phase: Some(Completed),
             ..Default::default()
@@ -295,13 +367,15 @@ mod tests {
     #[test]
     fn the_phase_is_dated_from_when_it_was_first_seen() {
         let mut order = order("o", 1, Requested);
-        let index = Index::default();
+        let mut index = Index::default();
+        index.apply_order(&order);
         let policy = LevelPolicy::default();
         let first = desired_status(&order, None, &index, &policy, at(100));
         assert_eq!(first.phase_since.as_ref().unwrap().0, at(100));
         let same = desired_status(&order, Some(&first), &index, &policy, at(200));
         assert_eq!(same.phase_since, first.phase_since);
         order.spec.state = Completed;
+        index.apply_order(&order);
         let moved = desired_status(&order, Some(&same), &index, &policy, at(300));
         assert_eq!(moved.phase_since.as_ref().unwrap().0, at(300));
     }

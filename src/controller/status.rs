@@ -72,24 +72,31 @@ where
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// This process's own last write to `key`, if the cache (at `cached_version`) has not
+    /// caught up with it: the resourceVersion it produced, and the status written.
+    pub fn unseen_write(&self, key: &ObjectRef<K>, cached_version: &str) -> Option<(String, S)> {
+        let mut pending = self.pending();
+        match pending.get(key) {
+            Some(written) if written.based_on == cached_version => {
+                Some((written.produced.clone(), written.status.clone()))
+            }
+            Some(_) => {
+                pending.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
     /// What `obj` (as cached, with `cached` status) has now: this process's own write on top of
     /// the cached version if the cache has not caught up, else the cache.
     pub fn current(&self, obj: &K, cached: Option<&S>) -> Current<S> {
         let cached_version = obj.resource_version().unwrap_or_default();
-        let mut pending = self.pending();
-        let key = ObjectRef::from_obj(obj);
-        match pending.get(&key) {
-            Some(written) if written.based_on == cached_version => Current {
-                resource_version: written.produced.clone(),
-                status: Some(written.status.clone()),
+        match self.unseen_write(&ObjectRef::from_obj(obj), &cached_version) {
+            Some((resource_version, status)) => Current {
+                resource_version,
+                status: Some(status),
             },
-            Some(_) => {
-                pending.remove(&key);
-                Current {
-                    resource_version: cached_version,
-                    status: cached.cloned(),
-                }
-            }
             None => Current {
                 resource_version: cached_version,
                 status: cached.cloned(),
@@ -97,23 +104,26 @@ where
         }
     }
 
-    /// The watch delivered `obj`. True when it is the echo of this process's own last write
-    /// (nothing new to react to); any other version means someone else changed the object.
-    pub fn is_own_echo(&self, obj: &K) -> bool {
+    /// The watch delivered `key` at `version`. True when it is the echo of this process's own
+    /// last write (nothing new to react to); any other version means someone else changed the
+    /// object.
+    pub fn is_own_echo(&self, key: &ObjectRef<K>, version: &str) -> bool {
         let mut pending = self.pending();
         if pending.is_empty() {
             return false;
         }
-        let key = ObjectRef::from_obj(obj);
-        let version = obj.resource_version().unwrap_or_default();
-        match pending.get(&key) {
+        match pending.get(key) {
             Some(written) if written.produced == version => {
-                pending.remove(&key);
+                pending.remove(key);
+                if pending.is_empty() {
+                    // A burst leaves a big, empty table behind; give the memory back.
+                    pending.shrink_to(64);
+                }
                 true
             }
             Some(written) if written.based_on == version => false,
             Some(_) => {
-                pending.remove(&key);
+                pending.remove(key);
                 false
             }
             None => false,
@@ -121,23 +131,23 @@ where
     }
 
     /// Forgets what was written for a deleted object.
-    pub fn forget(&self, obj: &K) {
-        self.pending().remove(&ObjectRef::from_obj(obj));
+    pub fn forget(&self, key: &ObjectRef<K>) {
+        self.pending().remove(key);
     }
 
-    /// Writes `status` to `obj`'s status subresource, if this replica may write (it holds a
-    /// freshly renewed Lease) and `obj` is still at `resource_version`.
+    /// Writes `status` to the status subresource of `key`, if this replica may write (it holds
+    /// a freshly renewed Lease) and the object is still at `resource_version`.
     pub async fn write(
         &self,
-        obj: &K,
+        key: &ObjectRef<K>,
         resource_version: &str,
         status: &S,
         fence: &Fence,
         metrics: &Metrics,
         readiness: &Readiness,
     ) -> Result<(), Error> {
-        let name = obj.name_any();
-        let namespace = obj.namespace().ok_or_else(|| Error::NoNamespace {
+        let name = key.name.clone();
+        let namespace = key.namespace.clone().ok_or_else(|| Error::NoNamespace {
             kind: K::kind(&()).into(),
             name: name.clone(),
         })?;
@@ -170,7 +180,7 @@ where
             Ok(written) => {
                 readiness.write_succeeded();
                 self.pending().insert(
-                    ObjectRef::from_obj(obj),
+                    key.clone(),
                     Written {
                         based_on: resource_version.to_owned(),
                         produced: written.resource_version().unwrap_or_default(),
@@ -180,7 +190,7 @@ where
                 Ok(())
             }
             Err(source) => {
-                self.forget(obj);
+                self.forget(key);
                 let error = Error::WriteStatus {
                     kind: K::kind(&()).into(),
                     namespace,
@@ -218,6 +228,13 @@ mod tests {
         StatusWriter::new(Client::try_from(config).unwrap(), "customer")
     }
 
+    fn echo(writer: &StatusWriter<Customer, CustomerStatus>, seen: &Customer) -> bool {
+        writer.is_own_echo(
+            &ObjectRef::from_obj(seen),
+            &seen.resource_version().unwrap(),
+        )
+    }
+
     fn wrote(writer: &StatusWriter<Customer, CustomerStatus>, on: &Customer, produced: &str) {
         writer.pending().insert(
             ObjectRef::from_obj(on),
@@ -241,13 +258,15 @@ mod tests {
         let current = writer.current(&cached, cached.status.as_ref());
         assert_eq!(current.status.unwrap().score, 2);
         assert_eq!(current.resource_version, "2");
-        assert!(!writer.is_own_echo(&cached), "the old version is not news");
+        assert!(!echo(&writer, &cached), "the old version is not news");
         // The watch delivers version 2: the operator's own write, which wakes nothing.
-        let echo = customer("2", 2);
-        assert!(writer.is_own_echo(&echo));
+        let echo_2 = customer("2", 2);
+        assert!(echo(&writer, &echo_2));
         assert!(writer.pending().is_empty());
         assert_eq!(
-            writer.current(&echo, echo.status.as_ref()).resource_version,
+            writer
+                .current(&echo_2, echo_2.status.as_ref())
+                .resource_version,
             "2"
         );
     }
@@ -258,7 +277,7 @@ mod tests {
         let cached = customer("1", 1);
         wrote(&writer, &cached, "2");
         let forged = customer("3", 99);
-        assert!(!writer.is_own_echo(&forged));
+        assert!(!echo(&writer, &forged));
         let current = writer.current(&forged, forged.status.as_ref());
         assert_eq!(
             (

@@ -43,7 +43,7 @@ use kube::{
 use tracing::{error, info, warn};
 
 use rules::entry;
-pub use rules::{absorb, is_declared, is_due, mark_declared, release};
+pub use rules::{absorb, is_declared, is_due, release};
 
 use super::{Caches, Context, index::CustomerKey, status::FIELD_MANAGER};
 use crate::{
@@ -194,17 +194,17 @@ impl Settler {
         let now = Timestamp::now();
         let index = self.ctx.index();
         let mut count = 0;
-        for order in self.caches.orders.state() {
+        for (customer, name, order) in index.all_orders() {
             if count == PER_PASS {
                 break;
             }
-            if opted_in.contains(&order.namespace().unwrap_or_default())
-                && is_due(&order, now, self.after)
-                && !index.is_absorbed(&order)
+            if opted_in.contains(&customer.namespace)
+                && is_due(order, now, self.after)
+                && !index.is_absorbed(customer, order)
             {
-                let batch = due.entry(CustomerKey::of_order(&order)).or_default();
+                let batch = due.entry(customer.clone()).or_default();
                 if batch.len() < BATCH {
-                    batch.push(entry(&order));
+                    batch.push(entry(name, order));
                     count += 1;
                 }
             }

@@ -7,17 +7,12 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
     jiff::Timestamp,
 };
-use kube::{Resource, ResourceExt};
 
 use crate::{
-    controller::status::FIELD_MANAGER,
-    crd::{AbsorbedOrder, LedgerSpec, Order, OrderState},
+    controller::{index::OrderFacts, status::FIELD_MANAGER},
+    crd::{AbsorbedOrder, LedgerSpec, OrderState},
     loyalty::Tally,
 };
-
-/// The mark a cached Order keeps when it was declared in Git (the cache drops the metadata it
-/// was told by).
-const DECLARED: &str = "reserve.coffeechain.io/declared";
 
 /// Whether an object was declared in Git: applied by kubectl (client- or server-side), by a
 /// GitOps tool, or by Helm. The operator's own status writes do not count.
@@ -42,29 +37,19 @@ pub fn is_declared(meta: &ObjectMeta) -> bool {
             && entry.subresource.as_deref().unwrap_or_default().is_empty()
             && entry.manager.as_deref() != Some(FIELD_MANAGER)
     });
-    applied
-        || has(&meta.annotations, &ANNOTATIONS)
-        || has(&meta.labels, &LABELS)
-        || has(&meta.annotations, &[DECLARED])
-}
-
-/// Marks a slimmed cached object as declared in Git.
-pub fn mark_declared(meta: &mut ObjectMeta) {
-    meta.annotations = Some(BTreeMap::from([(DECLARED.to_owned(), String::new())]));
+    applied || has(&meta.annotations, &ANNOTATIONS) || has(&meta.labels, &LABELS)
 }
 
 /// Whether `order` is due for settlement at `now`: final, observed so by the operator for at
 /// least `after`, and not declared in Git.
-pub fn is_due(order: &Order, now: Timestamp, after: Duration) -> bool {
-    let final_state = matches!(
-        order.spec.state,
-        OrderState::Completed | OrderState::Canceled
-    );
-    let Some(status) = order.status.as_ref() else {
+pub fn is_due(order: &OrderFacts, now: Timestamp, after: Duration) -> bool {
+    let final_state = matches!(order.state, OrderState::Completed | OrderState::Canceled);
+    let seen = &order.seen;
+    let Some(status) = seen.status.as_ref() else {
         return false;
     };
-    let observed = status.phase == Some(order.spec.state)
-        && status.observed_generation == order.metadata.generation;
+    let observed =
+        status.phase == Some(order.state) && status.observed_generation == seen.generation;
     let old_enough = status.phase_since.as_ref().is_some_and(|Time(since)| {
         now.duration_since(*since)
             .try_into()
@@ -73,19 +58,20 @@ pub fn is_due(order: &Order, now: Timestamp, after: Duration) -> bool {
     final_state
         && observed
         && old_enough
-        && order.uid().is_some()
-        && order.resource_version().is_some()
-        && order.meta().deletion_timestamp.is_none()
-        && !is_declared(order.meta())
+        && !seen.uid.is_empty()
+        && !seen.resource_version.is_empty()
+        && !seen.deleting
+        && !seen.declared
 }
 
-pub fn entry(order: &Order) -> AbsorbedOrder {
+/// What a ledger records of the order `name` when it absorbs it.
+pub fn entry(name: &str, order: &OrderFacts) -> AbsorbedOrder {
     AbsorbedOrder {
-        name: order.name_any(),
-        uid: order.uid().unwrap_or_default(),
-        resource_version: order.resource_version().unwrap_or_default(),
-        state: order.spec.state,
-        quantity: i64::from(order.spec.quantity),
+        name: name.to_owned(),
+        uid: order.seen.uid.to_string(),
+        resource_version: order.seen.resource_version.to_string(),
+        state: order.state,
+        quantity: order.quantity,
     }
 }
 
@@ -134,9 +120,24 @@ pub fn release(spec: &LedgerSpec, gone: &[String], given_back: &[String]) -> Led
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+    use kube::Resource;
 
     use super::*;
-    use crate::crd::{OrderSpec, OrderStatus};
+    use crate::{
+        controller::index::{Index, OrderKey},
+        crd::{Order, OrderSpec, OrderStatus},
+    };
+
+    /// `order` as the index keeps it.
+    fn facts(order: &Order) -> OrderFacts {
+        let mut index = Index::default();
+        index.apply_order(order);
+        index.order(&OrderKey::of_order(order)).unwrap().clone()
+    }
+
+    fn is_due(order: &Order, now: Timestamp, after: Duration) -> bool {
+        super::is_due(&facts(order), now, after)
+    }
 
     fn absorbed(uid: &str, state: OrderState, quantity: i64) -> AbsorbedOrder {
         AbsorbedOrder {
@@ -233,8 +234,10 @@ mod tests {
             "{}".into(),
         )]));
         assert!(is_declared(argo.meta()));
-        mark_declared(argo.meta_mut());
-        assert!(!is_due(&argo, now, day), "the mark the cache keeps");
+        assert!(!is_due(&argo, now, day), "applied client-side");
+        let mut deleting = order(OrderState::Completed, 0);
+        deleting.metadata.deletion_timestamp = Some(Time(now));
+        assert!(!is_due(&deleting, now, day), "on its way out already");
         let mut ours = order(OrderState::Completed, 0);
         ours.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
             manager: Some(FIELD_MANAGER.into()),
