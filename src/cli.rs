@@ -65,12 +65,24 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "RESERVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// How the watches get the objects that exist: `paged` LISTs (500 at a time, any API
+    /// server), or `streaming` (a watch that sends them first, `sendInitialEvents`; needs an
+    /// API server with the WatchList feature).
+    #[arg(long, env = "RESERVE_INITIAL_LIST", value_enum, default_value_t = InitialList::Paged)]
+    pub initial_list: InitialList,
 }
 
 impl RunArgs {
     pub fn leader_election(&self) -> bool {
         self.leader_election && !self.no_leader_election
     }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialList {
+    Paged,
+    Streaming,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +126,13 @@ mod tests {
         assert_eq!(args.probe_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(args.namespace, None);
         assert_eq!(args.settle_after, None);
+        assert_eq!(args.initial_list, InitialList::Paged);
+        assert_eq!(
+            run_args(&["--initial-list", "streaming"])
+                .unwrap()
+                .initial_list,
+            InitialList::Streaming
+        );
     }
 
     #[test]

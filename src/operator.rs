@@ -77,7 +77,14 @@ pub async fn run(
         metrics,
         readiness.clone(),
     ));
-    let watches = controller::watch(&client, args.namespace.as_deref(), &ctx, &caches, writers);
+    let watches = controller::watch(
+        &client,
+        args.namespace.as_deref(),
+        args.initial_list,
+        &ctx,
+        &caches,
+        writers,
+    );
 
     let probe_addr = probes.local_addr().ok();
     let probe_server = tokio::spawn(

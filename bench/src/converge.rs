@@ -3,7 +3,10 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -19,6 +22,7 @@ use reserve_operator::{
 };
 use reserve_testkit::{
     Launch, OperatorProcess, Probe,
+    process::ProcStats,
     shop::fresh_namespace,
     workload::{Driver, Plan},
 };
@@ -213,23 +217,11 @@ pub async fn run_point(
     operator.wait_exit(Duration::from_secs(30));
     let stopped = Timestamp::now();
 
-    // Restart once converged: how fast it is ready again, and that it writes nothing.
-    let restarted = start_operator(ctx, &ns, &format!("operator-{orders}-restart"));
-    let seconds_to_ready = wait_ready(restarted.probe(), Duration::from_secs(120))
-        .await?
-        .as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(ctx.settle)).await;
-    let after = operator_metrics(restarted.probe()).await?;
-    let restart = Restart {
-        seconds_to_ready,
-        status_writes: writes(&after),
-    };
-    drop(restarted);
+    // Restart once converged: how fast it is ready again, that it writes nothing, and what
+    // its lists cost the API server in memory; with streaming lists, then paged ones (the default).
+    let restart_streaming = restart_with(ctx, &ns, orders, "streaming").await?;
+    let restart = restart_with(ctx, &ns, orders, "paged").await?;
     watch_task.abort();
-    say(format!(
-        "  restart: ready after {seconds_to_ready:.2}s, {} status writes",
-        restart.status_writes
-    ));
 
     let floor = if ctx.floor {
         let floor = floor::measure(&ctx.generator, &ctx.as_operator, &plan, c, lag).await?;
@@ -280,5 +272,59 @@ pub async fn run_point(
         audit,
         floor,
         restart,
+        restart_streaming,
     })
+}
+
+/// Starts the operator again on a converged namespace, with `initial_list`: time to ready, its
+/// status writes within the settle window, and how far kube-apiserver's RSS rose meanwhile.
+async fn restart_with(
+    ctx: &Context,
+    ns: &str,
+    orders: usize,
+    initial_list: &str,
+) -> Result<Restart, String> {
+    let apiserver = ctx.cp.pids().1;
+    let apiserver_rss = move || apiserver.and_then(ProcStats::of).map_or(0, |s| s.rss_kib);
+    let before = apiserver_rss();
+    let peak = Arc::new(AtomicU64::new(before));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(apiserver_rss(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let mut restarted = Launch::new(&ctx.operator_bin, &ctx.operator_kubeconfig)
+        .args(["--no-leader-election", "--namespace", ns])
+        .env("RESERVE_INITIAL_LIST", initial_list)
+        .log(
+            ctx.out
+                .join(format!("operator-{orders}-restart-{initial_list}.log")),
+        )
+        .spawn();
+    let seconds_to_ready = wait_ready(restarted.probe(), Duration::from_secs(120))
+        .await?
+        .as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(ctx.settle)).await;
+    let after = operator_metrics(restarted.probe()).await?;
+    sampler.abort();
+    restarted.sigterm();
+    restarted.wait_exit(Duration::from_secs(30));
+    let restart = Restart {
+        initial_list: initial_list.into(),
+        seconds_to_ready,
+        status_writes: after.status_writes_customer + after.status_writes_order,
+        apiserver_rss_before_mib: before as f64 / 1024.0,
+        apiserver_peak_rss_growth_mib: peak.load(Ordering::Relaxed).saturating_sub(before) as f64
+            / 1024.0,
+    };
+    say(format!(
+        "  restart ({initial_list} lists): ready after {seconds_to_ready:.2}s, {} status writes, \
+         kube-apiserver RSS +{:.1} MiB",
+        restart.status_writes, restart.apiserver_peak_rss_growth_mib
+    ));
+    Ok(restart)
 }

@@ -23,7 +23,9 @@ pub struct ConvergePoint {
     pub operator: OperatorFigures,
     pub audit: AuditFigures,
     pub floor: Option<Floor>,
+    /// Restarts with paged lists (the default), then streaming lists.
     pub restart: Restart,
+    pub restart_streaming: Restart,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -88,10 +90,16 @@ pub struct Floor {
 /// The operator stopped (SIGTERM) and started again once converged.
 #[derive(Clone, Debug, Serialize)]
 pub struct Restart {
+    /// `paged` or `streaming` (`RESERVE_INITIAL_LIST`).
+    pub initial_list: String,
     /// From the new process's start to /readyz 200.
     pub seconds_to_ready: f64,
     /// Status writes by the new process within the settle window.
     pub status_writes: f64,
+    /// kube-apiserver's RSS before the restart, and how much it rose (at its peak, sampled every
+    /// 20 ms) while the new process listed everything and settled.
+    pub apiserver_rss_before_mib: f64,
+    pub apiserver_peak_rss_growth_mib: f64,
 }
 
 /// The freshness benchmark: a sustained rate of transitions and how stale statuses get.

@@ -59,7 +59,10 @@ pub use index::{Index, OrderKey};
 pub use readiness::{Readiness, ReadyCollector};
 pub use status::FIELD_MANAGER;
 
-use crate::crd::{Customer, Ledger, Order};
+use crate::{
+    cli::InitialList,
+    crd::{Customer, Ledger, Order},
+};
 
 /// Every object is looked at again this often, as a backstop: changes made by anyone else wake
 /// a reconcile at once. One sweep per term, not one timer per object, so memory does not grow
@@ -144,14 +147,20 @@ pub fn caches() -> (Caches, CacheWriters) {
 pub fn watch(
     client: &Client,
     namespace: Option<&str>,
+    initial_list: InitialList,
     ctx: &Arc<Context>,
     caches: &Caches,
     writers: CacheWriters,
 ) -> Watches {
     let customers = caches.customers.clone();
+    let config = match initial_list {
+        InitialList::Paged => watcher::Config::default().any_semantic(),
+        InitialList::Streaming => watcher::Config::default().streaming_lists(),
+    };
     Watches(vec![
         tokio::spawn(run_watch(
             api(client, namespace),
+            config.clone(),
             Some(writers.customers),
             feed::feed(ctx.clone(), move |_| Wakes {
                 customers: every_customer(&customers),
@@ -160,6 +169,7 @@ pub fn watch(
         )),
         tokio::spawn(run_watch::<Order>(
             api(client, namespace),
+            config.clone(),
             None,
             feed::feed(ctx.clone(), |index| Wakes {
                 orders: every_order(index),
@@ -168,6 +178,7 @@ pub fn watch(
         )),
         tokio::spawn(run_watch(
             api(client, namespace),
+            config,
             Some(writers.ledgers),
             // A ledger wakes its customer when what it counts changed, nothing else.
             feed::feed(ctx.clone(), |_| Wakes::default()),
@@ -198,10 +209,11 @@ where
 
 async fn run_watch<K: feed::Watchable>(
     api: Api<K>,
+    config: watcher::Config,
     cache: Option<reflector::store::Writer<K>>,
     feed: impl FnMut(&Result<watcher::Event<K>, watcher::Error>),
 ) {
-    let events = watcher::watcher(api, watcher::Config::default().any_semantic())
+    let events = watcher::watcher(api, config)
         .default_backoff()
         .modify(K::slim);
     match cache {
