@@ -66,10 +66,11 @@ pub struct RunArgs {
     #[arg(long, env = "RESERVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// How the watches get the objects that exist: `paged` LISTs (500 at a time, any API
-    /// server), or `streaming` (a watch that sends them first, `sendInitialEvents`; needs an
-    /// API server with the WatchList feature).
-    #[arg(long, env = "RESERVE_INITIAL_LIST", value_enum, default_value_t = InitialList::Paged)]
+    /// How the watches get the objects that exist: `streaming` (a watch that sends them first,
+    /// `sendInitialEvents`; needs the API server's WatchList feature), `paged` LISTs (500 at a
+    /// time, any API server), or `auto`: streaming from Kubernetes 1.34 on, where WatchList is
+    /// on by default, else paged.
+    #[arg(long, env = "RESERVE_INITIAL_LIST", value_enum, default_value_t = InitialList::Auto)]
     pub initial_list: InitialList,
 }
 
@@ -81,8 +82,22 @@ impl RunArgs {
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InitialList {
+    Auto,
     Paged,
     Streaming,
+}
+
+impl InitialList {
+    /// What `auto` means for an API server of this version (`None`: unknown).
+    pub fn resolve(self, server: Option<(u32, u32)>) -> InitialList {
+        match self {
+            InitialList::Auto => match server {
+                Some((major, minor)) if (major, minor) >= (1, 34) => InitialList::Streaming,
+                _ => InitialList::Paged,
+            },
+            chosen => chosen,
+        }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +141,18 @@ mod tests {
         assert_eq!(args.probe_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(args.namespace, None);
         assert_eq!(args.settle_after, None);
-        assert_eq!(args.initial_list, InitialList::Paged);
+        assert_eq!(args.initial_list, InitialList::Auto);
+        assert_eq!(
+            InitialList::Auto.resolve(Some((1, 37))),
+            InitialList::Streaming
+        );
+        // 1.33 ships WatchList off; older servers do not have it.
+        assert_eq!(InitialList::Auto.resolve(Some((1, 33))), InitialList::Paged);
+        assert_eq!(InitialList::Auto.resolve(None), InitialList::Paged);
+        assert_eq!(
+            InitialList::Paged.resolve(Some((1, 37))),
+            InitialList::Paged
+        );
         assert_eq!(
             run_args(&["--initial-list", "streaming"])
                 .unwrap()

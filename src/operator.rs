@@ -77,10 +77,16 @@ pub async fn run(
         metrics,
         readiness.clone(),
     ));
+    let server = client.apiserver_version().await.ok().and_then(|info| {
+        let number = |s: &str| s.trim_end_matches('+').parse::<u32>().ok();
+        Some((number(&info.major)?, number(&info.minor)?))
+    });
+    let initial_list = args.initial_list.resolve(server);
+    info!(?initial_list, ?server, "initial lists");
     let watches = controller::watch(
         &client,
         args.namespace.as_deref(),
-        args.initial_list,
+        initial_list,
         &ctx,
         &caches,
         writers,

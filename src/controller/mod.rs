@@ -154,8 +154,8 @@ pub fn watch(
 ) -> Watches {
     let customers = caches.customers.clone();
     let config = match initial_list {
-        InitialList::Paged => watcher::Config::default().any_semantic(),
         InitialList::Streaming => watcher::Config::default().streaming_lists(),
+        InitialList::Paged | InitialList::Auto => watcher::Config::default().any_semantic(),
     };
     Watches(vec![
         tokio::spawn(run_watch(
