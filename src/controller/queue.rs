@@ -123,6 +123,7 @@ mod tests {
         time::Duration,
     };
 
+    use futures::FutureExt;
     use tokio::sync::{mpsc::unbounded_channel, oneshot};
 
     use super::*;
@@ -140,26 +141,23 @@ mod tests {
         }
     }
 
+    /// A reconcile that logs its start, takes a second, and logs its end.
+    async fn takes_a_second(log: Log, key: &'static str) -> Option<Duration> {
+        log.push(format!("start {key}"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        log.push(format!("end {key}"));
+        None
+    }
+
     #[tokio::test(start_paused = true)]
     async fn wakes_fold_while_waiting_and_rerun_once_while_running() {
         let (wake, wakes) = unbounded_channel();
         let log = Log::default();
         let runner = {
             let log = log.clone();
-            tokio::spawn(run(
-                wakes,
-                std::future::pending(),
-                1,
-                move |key: &'static str| {
-                    let log = log.clone();
-                    async move {
-                        log.push(format!("start {key}"));
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        log.push(format!("end {key}"));
-                        None
-                    }
-                },
-            ))
+            tokio::spawn(run(wakes, std::future::pending(), 1, move |key| {
+                takes_a_second(log.clone(), key)
+            }))
         };
         for key in ["a", "a", "b", "b", "a"] {
             wake.send(key).unwrap();
@@ -215,9 +213,7 @@ mod tests {
             let log = log.clone();
             tokio::spawn(run(
                 wakes,
-                async move {
-                    let _ = stopped.await;
-                },
+                stopped.map(drop),
                 4,
                 move |key: &'static str| {
                     let log = log.clone();
@@ -244,22 +240,9 @@ mod tests {
         let (stop, stopped) = oneshot::channel::<()>();
         let runner = {
             let log = log.clone();
-            tokio::spawn(run(
-                wakes,
-                async move {
-                    let _ = stopped.await;
-                },
-                1,
-                move |key: &'static str| {
-                    let log = log.clone();
-                    async move {
-                        log.push(format!("start {key}"));
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        log.push(format!("end {key}"));
-                        None
-                    }
-                },
-            ))
+            tokio::spawn(run(wakes, stopped.map(drop), 1, move |key| {
+                takes_a_second(log.clone(), key)
+            }))
         };
         wake.send("a").unwrap();
         wake.send("b").unwrap();
