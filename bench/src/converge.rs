@@ -36,10 +36,13 @@ use crate::{
 
 /// The operator under measurement, on `namespace`, logging to `<out>/<log_name>.log`.
 pub fn start_operator(ctx: &Context, namespace: &str, log_name: &str) -> OperatorProcess {
+    operator(ctx, namespace, log_name).spawn()
+}
+
+fn operator(ctx: &Context, namespace: &str, log_name: &str) -> Launch {
     Launch::new(&ctx.operator_bin, &ctx.operator_kubeconfig)
         .args(["--no-leader-election", "--namespace", namespace])
         .log(ctx.out.join(format!("{log_name}.log")))
-        .spawn()
 }
 
 pub async fn wait_ready(probe: &Probe, timeout: Duration) -> Result<Duration, String> {
@@ -297,14 +300,13 @@ async fn restart_with(
             }
         })
     };
-    let mut restarted = Launch::new(&ctx.operator_bin, &ctx.operator_kubeconfig)
-        .args(["--no-leader-election", "--namespace", ns])
-        .env("RESERVE_INITIAL_LIST", initial_list)
-        .log(
-            ctx.out
-                .join(format!("operator-{orders}-restart-{initial_list}.log")),
-        )
-        .spawn();
+    let mut restarted = operator(
+        ctx,
+        ns,
+        &format!("operator-{orders}-restart-{initial_list}"),
+    )
+    .env("RESERVE_INITIAL_LIST", initial_list)
+    .spawn();
     let seconds_to_ready = wait_ready(restarted.probe(), Duration::from_secs(120))
         .await?
         .as_secs_f64();
