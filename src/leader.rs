@@ -25,6 +25,8 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::runtime_ext::conditional_lease_writes;
+
 pub const LEASE_NAME: &str = "reserve-operator";
 /// A killed leader is replaced this long after its last renewal at the latest.
 pub const LEASE_SECONDS: u64 = 15;
@@ -228,8 +230,11 @@ pub async fn run_while_leading<S, L, F>(
     lease_watch.abort();
 }
 
+/// A Lease manager whose every write is conditional on the Lease as it last read it, so a
+/// renewal delivered late cannot move leadership ([`conditional_lease_writes`]).
 async fn build(election: &Election) -> Result<LeaseManager, kube_lease_manager::LeaseManagerError> {
-    LeaseManagerBuilder::new(election.client.clone(), LEASE_NAME)
+    let client = conditional_lease_writes(election.client.clone(), &election.namespace, LEASE_NAME);
+    LeaseManagerBuilder::new(client, LEASE_NAME)
         .with_namespace(&election.namespace)
         .with_identity(&election.identity)
         .with_duration(LEASE_SECONDS)

@@ -233,13 +233,15 @@ pub fn feed<K: Watchable>(
                 Wakes::default()
             }
             Ok(watcher::Event::InitDone) => {
-                let mut index = ctx.index_mut();
-                let mut wakes = K::reset(&mut index, relisted.take().unwrap_or_default());
+                // What the list shows changed goes first; then everything, as a sweep.
+                let (changed, all) = {
+                    let mut index = ctx.index_mut();
+                    let changed = K::reset(&mut index, relisted.take().unwrap_or_default());
+                    (changed, everything(&index))
+                };
                 ctx.readiness.listed(K::KIND);
-                let all = everything(&index);
-                wakes.customers.extend(all.customers);
-                wakes.orders.extend(all.orders);
-                wakes
+                ctx.triggers.sweep(all);
+                changed
             }
             Err(error) => {
                 warn!(kind = ?K::KIND, %error, "watch failed; retrying");

@@ -18,6 +18,8 @@ mod context;
 pub mod customer;
 mod error;
 mod feed;
+#[cfg(test)]
+mod fixtures;
 pub mod index;
 pub mod order;
 mod pacer;
@@ -26,6 +28,8 @@ mod readiness;
 pub mod seen;
 pub mod settlement;
 pub mod status;
+#[cfg(test)]
+mod tests;
 
 use std::{
     convert::Infallible,
@@ -59,6 +63,8 @@ pub use index::{Index, OrderKey};
 pub use readiness::{Readiness, ReadyCollector};
 pub use status::FIELD_MANAGER;
 
+use queue::Lane;
+
 use crate::{
     cli::InitialList,
     crd::{Customer, Ledger, Order},
@@ -87,11 +93,21 @@ pub struct Triggers {
 
 struct Queues {
     customers: UnboundedSender<ObjectRef<Customer>>,
-    orders: UnboundedSender<OrderKey>,
+    orders: UnboundedSender<(OrderKey, Lane)>,
 }
 
 impl Triggers {
+    /// Wakes what changed: it runs before anything a sweep woke.
     pub fn wake(&self, wakes: Wakes) {
+        self.send(wakes, Lane::Change);
+    }
+
+    /// Wakes everything a sweep looks at: it runs once no change waits.
+    pub fn sweep(&self, wakes: Wakes) {
+        self.send(wakes, Lane::Sweep);
+    }
+
+    fn send(&self, wakes: Wakes, lane: Lane) {
         if wakes == Wakes::default() {
             return;
         }
@@ -101,7 +117,7 @@ impl Triggers {
                 let _ = queues.customers.send(customer);
             }
             for order in wakes.orders {
-                let _ = queues.orders.send(order);
+                let _ = queues.orders.send((order, lane));
             }
         }
     }
@@ -110,7 +126,7 @@ impl Triggers {
         &self,
     ) -> (
         UnboundedReceiver<ObjectRef<Customer>>,
-        UnboundedReceiver<OrderKey>,
+        UnboundedReceiver<(OrderKey, Lane)>,
     ) {
         let (customers, customer_queue) = unbounded_channel();
         let (orders, order_queue) = unbounded_channel();
@@ -254,7 +270,7 @@ pub async fn lead(
             loop {
                 every.tick().await;
                 let orders = every_order(&ctx.index());
-                ctx.triggers.wake(Wakes {
+                ctx.triggers.sweep(Wakes {
                     customers: every_customer(&customers),
                     orders,
                 });

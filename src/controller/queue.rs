@@ -4,25 +4,38 @@
 //!
 //! - A key woken several times while it waits runs once.
 //! - At most one reconcile runs per key; a wake that arrives meanwhile runs it once more after.
-//! - At most `concurrency` reconciles run at once, in the order their keys were woken.
-//! - A reconcile may ask to run again after a delay (a retry).
+//! - At most `concurrency` reconciles run at once.
+//! - Changes go first: a key woken because it changed runs before every key that waits only
+//!   for a sweep (a term's first look at everything, a resync, a re-list), each lane in the
+//!   order its keys were woken. A sweep of thousands of objects after a hand-over must not hold
+//!   back what a user changes meanwhile: the sweep's keys are looked at once nothing newer waits.
+//! - A reconcile may ask to run again after a delay (a retry, which counts as a change).
 //! - When `stop` resolves, nothing new starts; the reconciles in flight finish first.
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     future::Future,
     hash::Hash,
     time::Duration,
 };
 
 use futures::{StreamExt, stream::FuturesUnordered};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{UnboundedReceiver, error::TryRecvError};
 use tokio_util::time::DelayQueue;
+
+/// Why a key is woken, which decides when it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// The object, or what its status depends on, changed.
+    Change,
+    /// Everything is looked at (a term's start, a resync, a re-list).
+    Sweep,
+}
 
 /// Runs `reconcile` for the keys that arrive on `wakes`, until `wakes` closes or `stop`
 /// resolves. `reconcile` returns when to run the key again, if it must.
 pub async fn run<T, F, Fut>(
-    mut wakes: UnboundedReceiver<T>,
+    mut wakes: UnboundedReceiver<(T, Lane)>,
     stop: impl Future<Output = ()>,
     concurrency: usize,
     reconcile: F,
@@ -37,6 +50,15 @@ pub async fn run<T, F, Fut>(
     let mut stopping = false;
     tokio::pin!(stop);
     loop {
+        // Every wake that has arrived counts before the next key is chosen, so a change is
+        // never passed over for a sweep's key just because it was not read yet.
+        while !stopping {
+            match wakes.try_recv() {
+                Ok((key, lane)) => queue.wake(key, lane),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => stopping = true,
+            }
+        }
         while !stopping
             && in_flight.len() < concurrency.max(1)
             && let Some(key) = queue.start()
@@ -49,11 +71,11 @@ pub async fn run<T, F, Fut>(
         }
         tokio::select! {
             woken = wakes.recv(), if !stopping => match woken {
-                Some(key) => queue.wake(key),
+                Some((key, lane)) => queue.wake(key, lane),
                 None => stopping = true,
             },
             Some(retry) = retries.next(), if !stopping && !retries.is_empty() => {
-                queue.wake(retry.into_inner());
+                queue.wake(retry.into_inner(), Lane::Change);
             }
             Some((key, again)) = in_flight.next(), if !in_flight.is_empty() => {
                 queue.finished(&key);
@@ -66,50 +88,82 @@ pub async fn run<T, F, Fut>(
     }
 }
 
-/// Which keys wait, run, and must run once more.
+/// Which keys wait (and in which lane), run, and must run once more.
 struct Queue<T> {
-    waiting: VecDeque<T>,
-    waiting_set: HashSet<T>,
+    changes: VecDeque<T>,
+    sweeps: VecDeque<T>,
+    /// Every waiting key and the lane it waits in. A key promoted from the sweep lane to the
+    /// change lane leaves a stale entry behind in `sweeps`, skipped when it comes up.
+    waiting: HashMap<T, Lane>,
     running: HashSet<T>,
-    again: HashSet<T>,
+    again: HashMap<T, Lane>,
 }
 
 impl<T> Default for Queue<T> {
     fn default() -> Self {
         Self {
-            waiting: VecDeque::new(),
-            waiting_set: HashSet::new(),
+            changes: VecDeque::new(),
+            sweeps: VecDeque::new(),
+            waiting: HashMap::new(),
             running: HashSet::new(),
-            again: HashSet::new(),
+            again: HashMap::new(),
         }
     }
 }
 
 impl<T: Clone + Eq + Hash> Queue<T> {
-    fn wake(&mut self, key: T) {
+    fn wake(&mut self, key: T, lane: Lane) {
         if self.running.contains(&key) {
-            self.again.insert(key);
-        } else if self.waiting_set.insert(key.clone()) {
-            self.waiting.push_back(key);
+            let again = self.again.entry(key).or_insert(lane);
+            if lane == Lane::Change {
+                *again = Lane::Change;
+            }
+            return;
+        }
+        match self.waiting.get_mut(&key) {
+            Some(waits) => {
+                if (*waits, lane) == (Lane::Sweep, Lane::Change) {
+                    *waits = Lane::Change;
+                    self.changes.push_back(key);
+                }
+            }
+            None => {
+                self.waiting.insert(key.clone(), lane);
+                match lane {
+                    Lane::Change => self.changes.push_back(key),
+                    Lane::Sweep => self.sweeps.push_back(key),
+                }
+            }
         }
     }
 
     fn start(&mut self) -> Option<T> {
-        let key = self.waiting.pop_front()?;
-        self.waiting_set.remove(&key);
+        let key = loop {
+            let (key, lane) = match self.changes.pop_front() {
+                Some(key) => (key, Lane::Change),
+                None => (self.sweeps.pop_front()?, Lane::Sweep),
+            };
+            if self.waiting.get(&key) == Some(&lane) {
+                break key;
+            }
+        };
+        self.waiting.remove(&key);
         self.running.insert(key.clone());
         Some(key)
     }
 
     fn finished(&mut self, key: &T) {
         self.running.remove(key);
-        if self.again.remove(key) {
-            self.wake(key.clone());
+        if let Some(lane) = self.again.remove(key) {
+            self.wake(key.clone(), lane);
         }
         // A burst leaves big, empty tables behind; give the memory back.
         if self.waiting.is_empty() && self.running.is_empty() {
+            self.changes.clear();
+            self.sweeps.clear();
+            self.changes.shrink_to(64);
+            self.sweeps.shrink_to(64);
             self.waiting.shrink_to(64);
-            self.waiting_set.shrink_to(64);
             self.running.shrink_to(64);
             self.again.shrink_to(64);
         }
@@ -119,6 +173,7 @@ impl<T: Clone + Eq + Hash> Queue<T> {
 #[cfg(test)]
 mod tests {
     use std::{
+        collections::HashMap,
         sync::{Arc, Mutex},
         time::Duration,
     };
@@ -160,12 +215,12 @@ mod tests {
             }))
         };
         for key in ["a", "a", "b", "b", "a"] {
-            wake.send(key).unwrap();
+            wake.send((key, Lane::Change)).unwrap();
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         // "a" runs; woken twice more while it runs: once more after, not twice.
-        wake.send("a").unwrap();
-        wake.send("a").unwrap();
+        wake.send(("a", Lane::Change)).unwrap();
+        wake.send(("a", Lane::Change)).unwrap();
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(
             log.entries(),
@@ -175,32 +230,111 @@ mod tests {
         runner.await.unwrap();
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn one_reconcile_per_key_at_once_and_no_more_than_the_concurrency() {
-        let (wake, wakes) = unbounded_channel();
-        let running = Arc::new(Mutex::new((0usize, 0usize)));
+    type Runs = HashMap<u32, (usize, usize, usize)>;
+
+    /// Runs a queue of `concurrency` over `wakes` (each woken, then a pause) with reconciles of
+    /// 100 ms; returns, per key, the most reconciles that ran at once and how many ran, and the
+    /// most that ran at once in all.
+    async fn overlaps(
+        concurrency: usize,
+        wakes: Vec<(Vec<u32>, Duration)>,
+    ) -> (HashMap<u32, (usize, usize)>, usize) {
+        let (wake, woken) = unbounded_channel();
+        // Per key: running now, the most at once, how many ran; and the same in all.
+        let runs: Arc<Mutex<Runs>> = Arc::default();
+        let total = Arc::new(Mutex::new((0usize, 0usize)));
         let runner = {
-            let running = running.clone();
-            tokio::spawn(run(wakes, std::future::pending(), 3, move |_key: u32| {
-                let running = running.clone();
-                async move {
-                    {
-                        let mut r = running.lock().unwrap();
-                        r.0 += 1;
-                        r.1 = r.1.max(r.0);
+            let (runs, total) = (runs.clone(), total.clone());
+            tokio::spawn(run(
+                woken,
+                std::future::pending(),
+                concurrency,
+                move |key: u32| {
+                    let (runs, total) = (runs.clone(), total.clone());
+                    async move {
+                        {
+                            let mut runs = runs.lock().unwrap();
+                            let run = runs.entry(key).or_default();
+                            run.0 += 1;
+                            run.1 = run.1.max(run.0);
+                            run.2 += 1;
+                            let mut total = total.lock().unwrap();
+                            total.0 += 1;
+                            total.1 = total.1.max(total.0);
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        runs.lock().unwrap().get_mut(&key).unwrap().0 -= 1;
+                        total.lock().unwrap().0 -= 1;
+                        None
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    running.lock().unwrap().0 -= 1;
-                    None
-                }
-            }))
+                },
+            ))
         };
-        for key in 0..10 {
-            wake.send(key).unwrap();
+        for (keys, pause) in wakes {
+            for key in keys {
+                wake.send((key, Lane::Change)).unwrap();
+            }
+            tokio::time::sleep(pause).await;
         }
         drop(wake);
         runner.await.unwrap();
-        assert_eq!(running.lock().unwrap().1, 3);
+        let per_key = runs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(key, (_, most, ran))| (*key, (*most, *ran)))
+            .collect();
+        (per_key, total.lock().unwrap().1)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_reconcile_per_key_at_once_even_with_free_slots() {
+        // Two keys woken again and again while they run, with slots to spare.
+        let rounds = (0..20)
+            .map(|round| (vec![0, 1], Duration::from_millis(30 + round % 3 * 20)))
+            .collect();
+        let (per_key, _) = overlaps(4, rounds).await;
+        for (key, (most, ran)) in per_key {
+            assert_eq!(most, 1, "key {key} ran {most} reconciles at once");
+            assert!(ran >= 5, "key {key} ran only {ran} times");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_more_reconciles_at_once_than_the_concurrency() {
+        let (per_key, most) = overlaps(3, vec![((0..10).collect(), Duration::from_secs(2))]).await;
+        assert_eq!(most, 3);
+        assert_eq!(per_key.len(), 10, "every key ran");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_runs_before_a_sweeps_backlog() {
+        let (wake, wakes) = unbounded_channel();
+        let log = Log::default();
+        let runner = {
+            let log = log.clone();
+            tokio::spawn(run(wakes, std::future::pending(), 1, move |key| {
+                takes_a_second(log.clone(), key)
+            }))
+        };
+        // A sweep of four keys; while the first runs, "d" and then "x" change.
+        for key in ["a", "b", "c", "d"] {
+            wake.send((key, Lane::Sweep)).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        wake.send(("x", Lane::Change)).unwrap();
+        wake.send(("d", Lane::Change)).unwrap();
+        // A sweep does not push back what changed, nor run it twice.
+        wake.send(("x", Lane::Sweep)).unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let started: Vec<String> = log
+            .entries()
+            .into_iter()
+            .filter_map(|e| e.strip_prefix("start ").map(str::to_owned))
+            .collect();
+        assert_eq!(started, ["a", "x", "d", "b", "c"]);
+        drop(wake);
+        runner.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
@@ -225,7 +359,7 @@ mod tests {
                 },
             ))
         };
-        wake.send("x").unwrap();
+        wake.send(("x", Lane::Change)).unwrap();
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(log.entries(), ["x at 0", "x at 5"]);
         stop.send(()).unwrap();
@@ -244,8 +378,8 @@ mod tests {
                 takes_a_second(log.clone(), key)
             }))
         };
-        wake.send("a").unwrap();
-        wake.send("b").unwrap();
+        wake.send(("a", Lane::Change)).unwrap();
+        wake.send(("b", Lane::Change)).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         stop.send(()).unwrap();
         runner.await.unwrap();

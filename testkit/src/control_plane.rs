@@ -406,6 +406,20 @@ impl ControlPlane {
         path
     }
 
+    /// A kubeconfig that acts as `identity` and reaches the API server at `server` (e.g. a
+    /// [`HoldingProxy`](crate::proxy::HoldingProxy) in front of it).
+    pub fn kubeconfig_via(&self, identity: &Identity, server: &str) -> PathBuf {
+        let path = self.kubeconfig_as(identity);
+        let mut config = Kubeconfig::read_from(&path).expect("read the kubeconfig just written");
+        for named in &mut config.clusters {
+            if let Some(cluster) = named.cluster.as_mut() {
+                cluster.server = Some(server.to_owned());
+            }
+        }
+        write_kubeconfig(&path, &config).expect("write kubeconfig");
+        path
+    }
+
     /// Writes a kubeconfig that acts as `identity` to `path`.
     pub fn write_kubeconfig_as(&self, identity: &Identity, path: &Path) -> Result<(), String> {
         let mut config = Kubeconfig::read_from(&self.kubeconfig)
@@ -494,6 +508,30 @@ impl ControlPlane {
     /// The audit log so far (local control plane only).
     pub fn audit(&self) -> Vec<AuditEvent> {
         audit::read(&self.audit_files())
+    }
+
+    /// The audit log with everything the API server has answered until now (local control
+    /// plane only). The log is written in batches; a marker request sent now shows when every
+    /// event before it is in the file.
+    pub async fn audit_until_now(&self) -> Vec<AuditEvent> {
+        let marker = format!("audit-marker-{}", random_token());
+        let request = http::Request::get(format!("/api/v1/namespaces/{marker}"))
+            .body(Vec::new())
+            .expect("a marker request");
+        let _ = self.client().await.request_text(request).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.audit();
+            if events.iter().any(|e| e.request_uri.contains(&marker)) {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the audit log did not show the marker request within 10 s"
+            );
+            // A local file written by the API server's batch writer: nothing to watch.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The audit log and its rotated files (local control plane only).

@@ -12,9 +12,11 @@ pub mod node;
 pub mod operator;
 pub mod probe;
 pub mod process;
+pub mod proxy;
 pub mod rbac;
 pub mod shop;
 pub mod tools;
+pub mod view;
 pub mod workload;
 
 pub use control_plane::{AuditMode, ControlPlane, Options};

@@ -15,7 +15,7 @@ use kube::{
 };
 use reserve_operator::{
     crd::{Customer, CustomerStatus, Order, OrderState, OrderStatus},
-    loyalty::{LevelPolicy, Standing, Tally},
+    loyalty::{LevelPolicy, Standing},
 };
 use serde_json::json;
 
@@ -23,6 +23,7 @@ use crate::{
     ControlPlane, Identity, eventually, fixtures,
     operator::{InProcessOperator, Launch, OperatorProcess},
     rbac,
+    view::{self, View},
 };
 
 /// How long a test waits for the operator to show what it expects.
@@ -310,83 +311,30 @@ impl Shop {
     /// What every Customer of the namespace must show, computed by the operator's own rules
     /// from the stored Orders' spec (never from a status).
     pub async fn expected(&self, policy: &LevelPolicy) -> BTreeMap<String, Standing> {
-        let orders = self
-            .orders()
-            .list(&ListParams::default())
-            .await
-            .expect("list orders");
-        let customers = self
-            .customers()
-            .list(&ListParams::default())
-            .await
-            .expect("list customers");
-        let mut tallies: BTreeMap<String, Tally> = customers
-            .items
-            .iter()
-            .map(|c| (c.name_any(), Tally::default()))
-            .collect();
-        for order in &orders.items {
-            if let Some(tally) = tallies.get_mut(&order.spec.customer) {
-                tally.count(order.spec.state, i64::from(order.spec.quantity));
-            }
-        }
-        tallies
-            .into_iter()
-            .map(|(name, tally)| (name, policy.standing(&tally)))
-            .collect()
+        let (customers, orders) = self.listed().await;
+        view::expected(&customers, &orders, policy)
     }
 
-    /// Everything that differs from what the stored Orders say: customers whose status does
-    /// not show their expected standing, and orders whose phase is not their state. Empty
-    /// when the operator is exact; also returns how many customers were checked.
+    /// Everything that differs now from what the stored Orders say (see [`view::mismatches`]),
+    /// and how many customers were checked.
     pub async fn mismatches(&self, policy: &LevelPolicy) -> (Vec<String>, usize) {
-        let expected = self.expected(policy).await;
-        let mut problems = Vec::new();
-        for order in self
-            .orders()
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-            .items
-        {
-            let phase = order.status.as_ref().and_then(|s| s.phase);
-            if phase != Some(order.spec.state) {
-                problems.push(format!(
-                    "order {}: phase {phase:?}, state {}",
-                    order.name_any(),
-                    order.spec.state
-                ));
-            }
-        }
-        for customer in self
-            .customers()
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-            .items
-        {
-            let name = customer.name_any();
-            let got = customer.status.as_ref().and_then(CustomerStatus::standing);
-            if got.as_ref() != expected.get(&name) {
-                problems.push(format!(
-                    "customer {name}: {got:?}, expected {:?}",
-                    expected.get(&name)
-                ));
-            }
-        }
-        (problems, expected.len())
+        let (customers, orders) = self.listed().await;
+        view::mismatches(&customers, &orders, policy)
     }
 
-    /// Waits up to `timeout` until [`Shop::mismatches`] is empty; returns what is left and how
-    /// many customers were checked.
+    async fn listed(&self) -> (Vec<Customer>, Vec<Order>) {
+        let lp = ListParams::default();
+        let customers = self.customers().list(&lp).await.expect("list customers");
+        let orders = self.orders().list(&lp).await.expect("list orders");
+        (customers.items, orders.items)
+    }
+
+    /// Waits up to `timeout` until nothing differs from what the stored Orders say, watching
+    /// the namespace; returns what is left and how many customers were checked.
     pub async fn converge(&self, policy: &LevelPolicy, timeout: Duration) -> (Vec<String>, usize) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let result = self.mismatches(policy).await;
-            if result.0.is_empty() || tokio::time::Instant::now() > deadline {
-                return result;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        View::start(&self.admin, &self.ns)
+            .await
+            .until_exact(policy, timeout)
+            .await
     }
 }

@@ -190,6 +190,8 @@ pub struct Driver {
     customers: Api<Customer>,
     orders: Api<Order>,
     pub concurrency: usize,
+    /// Writes started per second at most (none: as fast as the API server answers).
+    pace: Option<f64>,
 }
 
 impl Driver {
@@ -198,7 +200,15 @@ impl Driver {
             customers: Api::namespaced(client.clone(), namespace),
             orders: Api::namespaced(client.clone(), namespace),
             concurrency: concurrency.max(1),
+            pace: None,
         }
+    }
+
+    /// Starts at most `per_second` writes a second, so a plan takes the same time on any
+    /// machine fast enough to keep up, and the work it leaves at any moment is known.
+    pub fn paced(mut self, per_second: f64) -> Self {
+        self.pace = Some(per_second);
+        self
     }
 
     pub async fn create_customers(&self, plan: &Plan) -> Result<Duration, String> {
@@ -261,7 +271,17 @@ impl Driver {
         Fut: Future<Output = Result<(), String>>,
     {
         let start = std::time::Instant::now();
-        let mut results = stream::iter(jobs).buffer_unordered(self.concurrency);
+        let pace = self.pace;
+        let at = tokio::time::Instant::now();
+        // Each job starts no earlier than its turn at the pace (and no more than `concurrency`
+        // run at once).
+        let paced = jobs.into_iter().enumerate().map(|(i, job)| async move {
+            if let Some(per_second) = pace {
+                tokio::time::sleep_until(at + Duration::from_secs_f64(i as f64 / per_second)).await;
+            }
+            job.await
+        });
+        let mut results = stream::iter(paced).buffer_unordered(self.concurrency);
         while let Some(result) = results.next().await {
             result?;
         }
