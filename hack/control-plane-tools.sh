@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds pinned kube-apiserver, kubectl (k8s.io/kubernetes) and etcd (go.etcd.io/etcd) with the
-# local Go toolchain into a cache outside the repository, and reuses them on later runs. With
+# Builds pinned kube-apiserver, kubectl (k8s.io/kubernetes) and etcd, etcdctl, etcdutl
+# (go.etcd.io/etcd) with the local Go toolchain into a cache outside the repository, and reuses
+# them on later runs. With
 # --node, also the node's kubelet, kube-controller-manager and kube-scheduler (same pin, same
 # directory).
 #
@@ -28,10 +29,15 @@ esac
 
 say() { echo "control-plane-tools: $*" >&2; }
 
+have_etcd() {
+  [[ -x "$bin_dir/etcd" ]] && "$bin_dir/etcd" --version >/dev/null 2>&1 &&
+    [[ -x "$bin_dir/etcdctl" ]] && "$bin_dir/etcdctl" version >/dev/null 2>&1 &&
+    [[ -x "$bin_dir/etcdutl" ]] && "$bin_dir/etcdutl" version >/dev/null 2>&1
+}
 have_control_plane() {
   [[ -x "$bin_dir/kube-apiserver" ]] && "$bin_dir/kube-apiserver" --version >/dev/null 2>&1 &&
     [[ -x "$bin_dir/kubectl" ]] && "$bin_dir/kubectl" version --client >/dev/null 2>&1 &&
-    [[ -x "$bin_dir/etcd" ]] && "$bin_dir/etcd" --version >/dev/null 2>&1
+    have_etcd
 }
 have_node() {
   [[ -x "$bin_dir/kubelet" ]] && "$bin_dir/kubelet" --version >/dev/null 2>&1 &&
@@ -81,15 +87,20 @@ if ((${#commands[@]})); then
   )
 fi
 
-if [[ ! -x "$bin_dir/etcd" ]] || ! "$bin_dir/etcd" --version >/dev/null 2>&1; then
-  say "building etcd $ETCD_VERSION"
+# etcd, and its tools for snapshots: etcdctl saves one, etcdutl restores it (the backup tests).
+if ! have_etcd; then
+  say "building etcd, etcdctl and etcdutl $ETCD_VERSION"
   mkdir "$work/etcd"
   (
     cd "$work/etcd"
     go mod init reserve-operator/etcd-tools >/dev/null 2>&1
     go mod edit -go=1.26.0
-    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null 2>&1 || go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+    modules=("go.etcd.io/etcd/server/v3@$ETCD_VERSION" "go.etcd.io/etcd/etcdctl/v3@$ETCD_VERSION"
+      "go.etcd.io/etcd/etcdutl/v3@$ETCD_VERSION")
+    go get "${modules[@]}" >/dev/null 2>&1 || go get "${modules[@]}"
     go build -ldflags "-s -w" -o "$work/bin/etcd" go.etcd.io/etcd/server/v3
+    go build -ldflags "-s -w" -o "$work/bin/etcdctl" go.etcd.io/etcd/etcdctl/v3
+    go build -ldflags "-s -w" -o "$work/bin/etcdutl" go.etcd.io/etcd/etcdutl/v3
   )
 fi
 

@@ -23,6 +23,24 @@ pub enum Command {
     Run(RunArgs),
     /// Print both CustomResourceDefinitions as YAML (the content of manifests/crds/).
     Crds,
+    /// Put back, on a cluster that lost them, the Ledgers, Customers and Orders of FILE (what
+    /// `kubectl get ledgers,customers,orders -o json` saved), with what only the operator
+    /// writes: each Order's level snapshot and each Customer's status. Acts as a restore
+    /// identity of the admission policies (see --as, --as-group).
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// The saved objects: a List as `kubectl get -o json` (or `-o yaml`) writes it.
+    pub file: std::path::PathBuf,
+    /// Act as this user (as kubectl's --as), e.g. `reserve-restore`.
+    #[arg(long = "as")]
+    pub as_user: Option<String>,
+    /// Act in this group (as kubectl's --as-group; repeatable), e.g.
+    /// `reserve.coffeechain.io:restore`.
+    #[arg(long = "as-group")]
+    pub as_groups: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -129,7 +147,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv)?.command {
             Command::Run(args) => Ok(args),
-            Command::Crds => unreachable!(),
+            other => panic!("parsed as {other:?}"),
         }
     }
 

@@ -1,6 +1,7 @@
 //! reserve-operator: derives coffee-chain loyalty levels for `Customer` resources from their
 //! `Order` resources.
 
+pub mod backup;
 pub mod cli;
 pub mod controller;
 pub mod crd;

@@ -2,7 +2,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use reserve_operator::{
-    cli::{Cli, Command, LogFormat, RunArgs},
+    backup,
+    cli::{Cli, Command, LogFormat, RestoreArgs, RunArgs},
     operator,
 };
 use tracing::{error, info};
@@ -18,6 +19,18 @@ fn main() -> ExitCode {
         Command::Crds => {
             print!("{}", reserve_operator::crd::crds_yaml());
             ExitCode::SUCCESS
+        }
+        Command::Restore(args) => {
+            init_logging(LogFormat::Text);
+            let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
+            match runtime.block_on(restore(args)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(message) => {
+                    error!("{message}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Run(args) => {
             init_logging(args.log_format);
@@ -58,6 +71,30 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
     let probes = operator::bind_probes(args.probe_addr).await?;
     operator::run(client, default_namespace, args, probes, shutdown_signal()).await
+}
+
+/// Puts back what the file saved; true when nothing was left out.
+async fn restore(args: RestoreArgs) -> Result<bool, String> {
+    let saved = backup::read_saved(&args.file)?;
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(|e| format!("no Kubernetes configuration: {e}"))?;
+    if args.as_user.is_some() {
+        config.auth_info.impersonate = args.as_user;
+    }
+    if !args.as_groups.is_empty() {
+        config.auth_info.impersonate_groups = Some(args.as_groups);
+    }
+    let client = kube::Client::try_from(config)
+        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+    let report = backup::restore(&client, &saved).await?;
+    for ((kind, outcome), count) in &report.counts {
+        println!("{kind}: {count} {outcome:?}");
+    }
+    for problem in &report.problems {
+        println!("not restored: {problem}");
+    }
+    Ok(report.is_complete())
 }
 
 /// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.

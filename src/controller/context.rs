@@ -7,10 +7,11 @@ use kube::{Client, Resource, runtime::reflector::ObjectRef};
 
 use super::{
     Error, Triggers,
+    freshness::Freshness,
     index::Index,
     pacer::Pacer,
     readiness::Readiness,
-    status::{FIELD_MANAGER, StatusWriter},
+    status::{FIELD_MANAGER, Guards, StatusWriter},
 };
 use crate::{
     crd::{Customer, CustomerStatus, Order, OrderStatus},
@@ -41,6 +42,8 @@ pub struct Context {
     /// Where watch events send the objects they wake: to the reconcilers while this replica
     /// leads, nowhere while it stands by.
     pub triggers: Triggers,
+    /// Whether the index is one moment of the store.
+    pub freshness: Arc<Freshness>,
 }
 
 impl Context {
@@ -52,16 +55,27 @@ impl Context {
         metrics: Arc<Metrics>,
         readiness: Readiness,
     ) -> Self {
+        let freshness = Arc::<Freshness>::default();
+        let guards = Guards {
+            fence: fence.clone(),
+            freshness: freshness.clone(),
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+        };
         Self {
             client: client.clone(),
             policy,
             index: RwLock::default(),
             customers: Kind {
-                writer: StatusWriter::new(client.clone(), super::customer::CONTROLLER),
+                writer: StatusWriter::new(
+                    client.clone(),
+                    super::customer::CONTROLLER,
+                    guards.clone(),
+                ),
                 backoff: Backoff::default(),
             },
             orders: Kind {
-                writer: StatusWriter::new(client.clone(), super::order::CONTROLLER),
+                writer: StatusWriter::new(client.clone(), super::order::CONTROLLER, guards),
                 backoff: Backoff::default(),
             },
             customer_pace: Pacer::default(),
@@ -70,6 +84,7 @@ impl Context {
             metrics,
             readiness,
             triggers: Triggers::default(),
+            freshness,
         }
     }
 
@@ -99,7 +114,7 @@ impl Context {
                 );
                 self.readiness.permission_denied(error.to_string());
             }
-            "conflict" | "not_leading" => {
+            "conflict" | "not_leading" | "relisting" => {
                 tracing::debug!(object, %error, "status not written; will look again")
             }
             _ => tracing::warn!(object, %error, "reconcile failed; will retry"),

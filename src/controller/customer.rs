@@ -13,19 +13,24 @@ use super::{
     conditions::{self, Observation},
     context::Context,
     error::Error,
-    index::{CustomerKey, Index},
+    index::{self, CustomerKey, Index},
+    restore,
 };
 use crate::{
-    crd::{Customer, CustomerStatus, READY},
+    crd::{Customer, CustomerStatus, READY, SettledHistory},
     loyalty::LevelPolicy,
     runtime_ext::Note,
 };
 
 pub const CONTROLLER: &str = "customer";
 
-/// The status `customer` should have: its orders' tally under `policy`, computed for its
-/// generation. `current` keeps the Ready condition's transition time; `now` is when a new one
-/// starts.
+/// The Ready reason of a customer whose Ledger is missing while its status shows settled
+/// history: the score counts that history as last seen, not lowered, until the Ledger is back.
+pub const SETTLED_HISTORY_MISSING: &str = "SettledHistoryMissing";
+
+/// The status `customer` should have: its orders' tally (and its Ledger's) under `policy`,
+/// computed for its generation. `current` keeps the Ready condition's transition time; `now` is
+/// when a new one starts.
 pub fn desired_status(
     customer: &Customer,
     current: Option<&CustomerStatus>,
@@ -33,12 +38,13 @@ pub fn desired_status(
     policy: &LevelPolicy,
     now: Timestamp,
 ) -> CustomerStatus {
-    let tally = index.tally_of(&CustomerKey::of_customer(customer), None);
+    let key = CustomerKey::of_customer(customer);
+    let tally = index.tally_of(&key, None);
+    let missing = index.settled_history_missing(&key);
     let generation = customer.metadata.generation;
     let previous = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let ready = conditions::condition(
-        previous,
-        Observation {
+    let observation = match missing {
+        None => Observation {
             type_: READY,
             is_true: true,
             reason: "Reconciled",
@@ -47,10 +53,38 @@ pub fn desired_status(
                 tally.score, tally.completed, tally.canceled, tally.open
             ),
         },
-        generation,
-        now,
-    );
-    CustomerStatus::new(policy.standing(&tally), generation, vec![ready])
+        Some(last_seen) => Observation {
+            type_: READY,
+            is_true: false,
+            reason: SETTLED_HISTORY_MISSING,
+            message: format!(
+                "the Ledger {}/{} is missing: score {} counts the settled history last seen \
+                 ({} points from {} completed and {} canceled orders) until it is restored",
+                key.namespace,
+                key.name,
+                tally.score,
+                last_seen.score,
+                last_seen.completed,
+                last_seen.canceled
+            ),
+        },
+    };
+    let ready = conditions::condition(previous, observation, generation, now);
+    let mut status = CustomerStatus::new(policy.standing(&tally), generation, vec![ready]);
+    status.settled = index
+        .settled_of(&key)
+        .or(missing)
+        .map(|settled| SettledHistory {
+            score: settled.score,
+            completed_orders: settled.completed,
+            canceled_orders: settled.canceled,
+        });
+    status
+}
+
+/// Whether `status` says the customer's settled history is missing.
+pub fn settled_history_missing(status: &CustomerStatus) -> bool {
+    conditions::find(&status.conditions, READY).is_some_and(|c| c.reason == SETTLED_HISTORY_MISSING)
 }
 
 #[instrument(skip_all, fields(controller = CONTROLLER, namespace = customer.metadata.namespace.as_deref().unwrap_or_default(), name = %customer.name_any()))]
@@ -58,14 +92,26 @@ pub async fn reconcile(customer: Arc<Customer>, ctx: Arc<Context>) -> Result<Act
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let kind = &ctx.customers;
     let current = kind.writer.current(&customer, customer.status.as_ref());
+    let now = Timestamp::now();
     let desired = desired_status(
         &customer,
         current.status.as_ref(),
         &ctx.index(),
         &ctx.policy,
-        Timestamp::now(),
+        now,
     );
     if current.status.as_ref() != Some(&desired) {
+        if let Some(wait) = restore::hold(index::restored_at(customer.meta()), now) {
+            let shown = current.status.as_ref().filter(|s| s.level.is_some());
+            if shown.is_none_or(|s| desired.score < s.score) {
+                debug!(
+                    ?wait,
+                    "restored moments ago: its status is the restore's, and its score is not \
+                     lowered while the rest of the restore may be on its way"
+                );
+                return Ok(Action::requeue(wait));
+            }
+        }
         if let Err(wait) = ctx.customer_pace.take(&customer) {
             debug!(
                 ?wait,
@@ -78,12 +124,10 @@ pub async fn reconcile(customer: Arc<Customer>, ctx: Arc<Context>) -> Result<Act
                 &ObjectRef::from_obj(&*customer),
                 &current.resource_version,
                 &desired,
-                &ctx.fence,
-                &ctx.metrics,
-                &ctx.readiness,
             )
             .await?;
         publish_level_change(&customer, current.status.as_ref(), &desired, &ctx).await;
+        publish_missing_history(&customer, current.status.as_ref(), &desired, &ctx).await;
     } else {
         debug!("status up to date");
     }
@@ -123,11 +167,36 @@ async fn publish_level_change(
     }
 }
 
+/// One Warning Event when a customer's settled history goes missing.
+async fn publish_missing_history(
+    customer: &Customer,
+    before: Option<&CustomerStatus>,
+    after: &CustomerStatus,
+    ctx: &Context,
+) {
+    if !settled_history_missing(after) || before.is_some_and(settled_history_missing) {
+        return;
+    }
+    warn!("the customer's Ledger is missing; its settled history counts as last seen");
+    let message = conditions::find(&after.conditions, READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    let note = Note {
+        type_: EventType::Warning,
+        reason: SETTLED_HISTORY_MISSING,
+        action: "Count".into(),
+        note: message,
+    };
+    if let Err(error) = ctx.events.publish(note, customer.object_ref(&())).await {
+        warn!(%error, "could not record the SettledHistoryMissing event");
+    }
+}
+
 pub fn error_policy(customer: Arc<Customer>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.report_failure(CONTROLLER, &customer.name_any(), error);
     match error {
         // Fresh data or a fresh Lease is on its way; look again soon, without counting a failure.
-        Error::NotLeading(_) => Action::requeue(Duration::from_millis(500)),
+        Error::NotLeading(_) | Error::Relisting => Action::requeue(Duration::from_millis(500)),
         _ => Action::requeue(
             ctx.customers
                 .backoff
@@ -220,6 +289,76 @@ mod tests {
         assert_eq!(first.next_level, None, "Diamond is the top");
         let again = desired_status(&alice(1), Some(&first), &index, &policy, at(900));
         assert_eq!(first, again);
+    }
+
+    fn ledger(score: i64, completed: i64, canceled: i64) -> crate::crd::Ledger {
+        let mut ledger = crate::crd::Ledger::new(
+            "alice",
+            crate::crd::LedgerSpec {
+                score,
+                completed_orders: completed,
+                canceled_orders: canceled,
+                ..Default::default()
+            },
+        );
+        ledger.metadata.namespace = Some("ns".into());
+        ledger
+    }
+
+    #[test]
+    fn a_missing_ledger_keeps_the_settled_history_last_seen_and_says_so() {
+        let policy = LevelPolicy::default();
+        let mut index = index_of(&[order("a", 2, OrderState::Completed)]);
+        index.apply_ledger(&ledger(12, 4, 1));
+        let mut customer = alice(1);
+        index.apply_customer(&customer);
+        let exact = desired_status(&customer, None, &index, &policy, at(100));
+        assert_eq!(
+            (exact.score, exact.completed_orders, exact.canceled_orders),
+            (14, 5, 1)
+        );
+        assert_eq!(
+            exact.settled,
+            Some(SettledHistory {
+                score: 12,
+                completed_orders: 4,
+                canceled_orders: 1
+            })
+        );
+        assert!(!settled_history_missing(&exact));
+        // The operator's status is seen; then the Ledger goes (not restored, or deleted).
+        customer.status = Some(exact.clone());
+        index.apply_customer(&customer);
+        index.delete_ledger(&ledger(12, 4, 1));
+        let held = desired_status(&customer, Some(&exact), &index, &policy, at(200));
+        assert_eq!(
+            (held.score, held.level.as_deref()),
+            (14, Some("Gold")),
+            "not lowered"
+        );
+        assert_eq!(held.settled, exact.settled, "the history last seen");
+        assert!(settled_history_missing(&held));
+        let ready = conditions::find(&held.conditions, READY).unwrap();
+        assert_eq!(ready.status, "False");
+        assert!(
+            ready.message.contains("ns/alice is missing"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(ready.last_transition_time.0, at(200));
+        // Back: exact again, from the Ledger.
+        index.apply_ledger(&ledger(12, 4, 1));
+        let back = desired_status(&customer, Some(&held), &index, &policy, at(300));
+        assert_eq!(back.score, 14);
+        assert!(!settled_history_missing(&back));
+    }
+
+    #[test]
+    fn a_customer_without_ledger_or_settled_history_is_not_missing_anything() {
+        let index = index_of(&[order("a", 2, OrderState::Completed)]);
+        let status = desired_status(&alice(1), None, &index, &LevelPolicy::default(), at(1));
+        assert_eq!(status.settled, None);
+        assert!(!settled_history_missing(&status));
     }
 
     #[test]

@@ -17,16 +17,21 @@ pub enum Error {
     /// The write was withheld: this replica may not write now.
     #[error("status write withheld: {0}")]
     NotLeading(&'static str),
+    /// The write was withheld: the watches are listing again, and until they all have, the
+    /// index may mix two moments of the store.
+    #[error("status write withheld: the watches are listing again")]
+    Relisting,
 }
 
 /// Every value of the `error` label, so the series exist at zero before the first failure.
-pub const METRIC_LABELS: [&str; 6] = [
+pub const METRIC_LABELS: [&str; 7] = [
     "conflict",
     "forbidden",
     "invalid",
     "write_status",
     "no_namespace",
     "not_leading",
+    "relisting",
 ];
 
 impl Error {
@@ -48,6 +53,7 @@ impl Error {
             (Error::WriteStatus { .. }, _) => "write_status",
             (Error::NoNamespace { .. }, _) => "no_namespace",
             (Error::NotLeading(_), _) => "not_leading",
+            (Error::Relisting, _) => "relisting",
         }
     }
 
@@ -60,7 +66,7 @@ impl Error {
                 ..
             } => status.code >= 500 || status.code == 429,
             Error::WriteStatus { .. } => true,
-            Error::NoNamespace { .. } | Error::NotLeading(_) => false,
+            Error::NoNamespace { .. } | Error::NotLeading(_) | Error::Relisting => false,
         }
     }
 }

@@ -19,6 +19,7 @@ use super::{
     Context,
     index::{Index, ListedCustomer, ListedLedger, ListedOrder, OrderKey},
     readiness::Watched,
+    restore,
 };
 use crate::crd::{Customer, Ledger, Order};
 
@@ -46,6 +47,8 @@ pub trait Watchable:
     /// Whether the event shows this process's own status write.
     fn is_own_echo(ctx: &Context, obj: &Self) -> bool;
     fn forget(ctx: &Context, obj: &Self);
+    /// Forgets what this process wrote to every object of the kind (a list starts).
+    fn forget_writes(ctx: &Context);
 
     /// Drops what nothing reads from a cached object, so cache memory follows the data that
     /// matters.
@@ -54,13 +57,20 @@ pub trait Watchable:
     }
 }
 
-/// Drops managed fields, labels, annotations and timestamps: no reconcile reads them.
+/// Drops managed fields, annotations, and labels and timestamps but a restore's: no reconcile
+/// reads them.
 fn strip<K: Resource>(obj: &mut K) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;
     meta.annotations = None;
-    meta.labels = None;
-    meta.creation_timestamp = None;
+    let restored = meta
+        .labels
+        .take()
+        .and_then(|mut labels| labels.remove_entry(restore::RESTORE_LABEL));
+    if restored.is_none() {
+        meta.creation_timestamp = None;
+    }
+    meta.labels = restored.map(|(key, value)| [(key, value)].into());
     meta.owner_references = None;
     meta.generate_name = None;
 }
@@ -109,6 +119,10 @@ impl Watchable for Customer {
         ctx.customers.writer.forget(&ObjectRef::from_obj(customer));
         ctx.customer_pace.forget(customer);
     }
+
+    fn forget_writes(ctx: &Context) {
+        ctx.customers.writer.forget_all();
+    }
 }
 
 impl Watchable for Order {
@@ -156,6 +170,10 @@ impl Watchable for Order {
         ctx.orders.backoff.succeeded(&ObjectRef::from_obj(order));
     }
 
+    fn forget_writes(ctx: &Context) {
+        ctx.orders.writer.forget_all();
+    }
+
     /// Nothing: no cache keeps Orders; the index takes what it needs from the event.
     fn slim(_: &mut Self) {}
 }
@@ -198,6 +216,19 @@ impl Watchable for Ledger {
     }
 
     fn forget(_: &Context, _: &Self) {}
+
+    fn forget_writes(_: &Context) {}
+}
+
+/// Whether a watch error says the watch's version expired (410): it must list again.
+fn expired(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 410,
+        _ => false,
+    }
 }
 
 /// Feeds the events of one watch (after its reflector, if any, has applied them) into the
@@ -208,6 +239,20 @@ pub fn feed<K: Watchable>(
 ) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
     let mut relisted: Option<Vec<K::Listed>> = None;
     move |event| {
+        if let Ok(
+            watcher::Event::Apply(obj)
+            | watcher::Event::Delete(obj)
+            | watcher::Event::InitApply(obj),
+        ) = event
+        {
+            ctx.freshness.saw(
+                K::KIND,
+                obj.meta().resource_version.as_deref().unwrap_or_default(),
+            );
+        }
+        if let Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) = event {
+            ctx.freshness.resumed(K::KIND);
+        }
         let wakes = match event {
             Ok(watcher::Event::Apply(obj)) => {
                 ctx.readiness.event(K::KIND);
@@ -224,6 +269,17 @@ pub fn feed<K: Watchable>(
                 K::delete(&mut ctx.index_mut(), obj)
             }
             Ok(watcher::Event::Init) => {
+                if ctx.freshness.list_starts(K::KIND) {
+                    warn!(kind = ?K::KIND, "a watch lists again unasked; so does every other");
+                    ctx.readiness.relisting(format!(
+                        "the watch of {:?} had to list again (its version expired: was the \
+                         store restored?): every watch lists again",
+                        K::KIND
+                    ));
+                }
+                // What this process wrote before the list is no guide to what the list shows
+                // (after an etcd restore, versions may even repeat).
+                K::forget_writes(&ctx);
                 relisted = Some(Vec::new());
                 Wakes::default()
             }
@@ -239,6 +295,7 @@ pub fn feed<K: Watchable>(
                     let changed = K::reset(&mut index, relisted.take().unwrap_or_default());
                     (changed, everything(&index))
                 };
+                ctx.freshness.listed(K::KIND);
                 ctx.readiness.listed(K::KIND);
                 ctx.triggers.sweep(all);
                 changed
@@ -246,6 +303,15 @@ pub fn feed<K: Watchable>(
             Err(error) => {
                 warn!(kind = ?K::KIND, %error, "watch failed; retrying");
                 ctx.readiness.watch_failed(K::KIND);
+                ctx.freshness.watch_failed(K::KIND);
+                if expired(error) {
+                    ctx.freshness.expired(K::KIND);
+                    ctx.readiness.relisting(format!(
+                        "the watch of {:?} expired (was the store restored?): every watch lists \
+                         again",
+                        K::KIND
+                    ));
+                }
                 Wakes::default()
             }
         };

@@ -13,9 +13,11 @@ use std::{
     sync::Arc,
 };
 
+use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt, runtime::reflector::ObjectRef};
 
 use super::{
+    restore,
     seen::{SeenOrder, SeenStatus},
     settlement,
 };
@@ -131,7 +133,17 @@ pub struct ListedOrder {
 /// One Customer as a (re-)list hands it to the index.
 pub struct ListedCustomer {
     key: CustomerKey,
+    known: KnownCustomer,
+}
+
+/// What the index keeps of a Customer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct KnownCustomer {
+    /// A hash of the uid: a customer deleted and created again under its name is a new one.
     uid: u64,
+    /// The settled history its status showed last (what its Ledger added), if any: what counts
+    /// while the Ledger is missing, so a score never drops because it was not restored.
+    settled: Option<Tally>,
 }
 
 /// What a customer's Ledger holds: the tally of its settled orders, among them the orders
@@ -159,14 +171,23 @@ pub struct ListedLedger {
 
 #[derive(Debug, Default)]
 pub struct Index {
-    /// Customers by key, with a hash of their uid (a new uid under a name is a new customer).
-    customers: HashMap<CustomerKey, u64>,
+    /// Customers by key.
+    customers: HashMap<CustomerKey, KnownCustomer>,
     /// Orders by customer, then by order name.
     orders: HashMap<CustomerKey, HashMap<String, OrderFacts>>,
     /// Level names seen in snapshots, shared by every order that has them.
     levels: HashSet<Arc<str>>,
     /// Ledgers by customer.
     ledgers: HashMap<CustomerKey, LedgerFacts>,
+}
+
+/// When a restore created the object, if one did (it carries the restore's label).
+pub fn restored_at(meta: &kube::api::ObjectMeta) -> Option<Timestamp> {
+    meta.labels
+        .as_ref()
+        .filter(|labels| labels.contains_key(restore::RESTORE_LABEL))
+        .and(meta.creation_timestamp.as_ref())
+        .map(|created| created.0)
 }
 
 fn uid_hash(uid: Option<String>) -> u64 {
@@ -202,6 +223,7 @@ impl Index {
                     generation: order.metadata.generation,
                     declared: settlement::is_declared(order.meta()),
                     deleting: order.metadata.deletion_timestamp.is_some(),
+                    restored_at: restored_at(order.meta()),
                     status,
                 },
             },
@@ -210,9 +232,22 @@ impl Index {
 
     /// What the index keeps of a Customer.
     pub fn listed_customer(customer: &Customer) -> ListedCustomer {
+        let settled = customer
+            .status
+            .as_ref()
+            .and_then(|s| s.settled.as_ref())
+            .map(|s| Tally {
+                score: s.score,
+                completed: s.completed_orders,
+                canceled: s.canceled_orders,
+                open: 0,
+            });
         ListedCustomer {
             key: CustomerKey::of_customer(customer),
-            uid: uid_hash(customer.uid()),
+            known: KnownCustomer {
+                uid: uid_hash(customer.uid()),
+                settled,
+            },
         }
     }
 
@@ -306,12 +341,14 @@ impl Index {
 
     /// Records an added or changed Customer. Returns its Orders when the customer is new.
     pub fn apply_customer(&mut self, customer: &Customer) -> Vec<OrderKey> {
-        let ListedCustomer { key, uid } = Self::listed_customer(customer);
-        if self.customers.get(&key) == Some(&uid) {
-            return Vec::new();
-        }
-        let orders = self.order_refs(&key);
-        self.customers.insert(key, uid);
+        let ListedCustomer { key, known } = Self::listed_customer(customer);
+        let is_new = self.customers.get(&key).is_none_or(|k| k.uid != known.uid);
+        let orders = if is_new {
+            self.order_refs(&key)
+        } else {
+            Vec::new()
+        };
+        self.customers.insert(key, known);
         orders
     }
 
@@ -327,12 +364,15 @@ impl Index {
     /// Replaces every Customer after a (re-)list. Returns the Orders whose customer appeared,
     /// disappeared or was replaced.
     pub fn reset_customers(&mut self, listed: Vec<ListedCustomer>) -> Vec<OrderKey> {
-        let customers: HashMap<CustomerKey, u64> =
-            listed.into_iter().map(|c| (c.key, c.uid)).collect();
+        let customers: HashMap<CustomerKey, KnownCustomer> =
+            listed.into_iter().map(|c| (c.key, c.known)).collect();
         let old = std::mem::replace(&mut self.customers, customers);
         let keys: HashSet<&CustomerKey> = old.keys().chain(self.customers.keys()).collect();
+        let uid = |customers: &HashMap<CustomerKey, KnownCustomer>, key: &CustomerKey| {
+            customers.get(key).map(|k| k.uid)
+        };
         keys.into_iter()
-            .filter(|key| old.get(*key) != self.customers.get(*key))
+            .filter(|key| uid(&old, key) != uid(&self.customers, key))
             .flat_map(|key| self.order_refs(key))
             .collect()
     }
@@ -435,7 +475,10 @@ impl Index {
                 .map(|(_, facts)| (facts.state, facts.quantity)),
         );
         let Some(ledger) = self.ledgers.get(key) else {
-            return live;
+            return match self.settled_history_missing(key) {
+                Some(last_seen) => live.plus(last_seen),
+                None => live,
+            };
         };
         let absorbed =
             |(_, _, state, quantity): &(String, u64, OrderState, i64)| (*state, *quantity);
@@ -447,6 +490,30 @@ impl Index {
             .minus(Tally::of(ledger.absorbed.iter().map(absorbed)))
             .plus(live)
             .plus(Tally::of(gone.map(absorbed)))
+    }
+
+    /// What the customer's Ledger adds to its tally: its settled orders, less those absorbed
+    /// that still exist (they count as they are now). None without a Ledger.
+    pub fn settled_of(&self, key: &CustomerKey) -> Option<Tally> {
+        let ledger = self.ledgers.get(key)?;
+        let still_live = ledger
+            .absorbed
+            .iter()
+            .filter(|(name, uid, ..)| self.holds(key, name, *uid))
+            .map(|(_, _, state, quantity)| (*state, *quantity));
+        Some(ledger.settled.minus(Tally::of(still_live)))
+    }
+
+    /// The settled history the customer's status last showed, when its Ledger is missing: it
+    /// counts in the meantime (the Ledger has not been restored, or was deleted by hand).
+    pub fn settled_history_missing(&self, key: &CustomerKey) -> Option<Tally> {
+        if self.ledgers.contains_key(key) {
+            return None;
+        }
+        self.customers
+            .get(key)?
+            .settled
+            .filter(|settled| *settled != Tally::default())
     }
 
     /// One order, if the index holds it.

@@ -20,11 +20,13 @@ mod error;
 mod feed;
 #[cfg(test)]
 mod fixtures;
+mod freshness;
 pub mod index;
 pub mod order;
 mod pacer;
 mod queue;
 mod readiness;
+pub mod restore;
 pub mod seen;
 pub mod settlement;
 pub mod status;
@@ -61,6 +63,8 @@ pub use error::{Error, METRIC_LABELS};
 pub use feed::Wakes;
 pub use index::{Index, OrderKey};
 pub use readiness::{Readiness, ReadyCollector};
+
+use readiness::Watched;
 pub use status::FIELD_MANAGER;
 
 use queue::Lane;
@@ -182,6 +186,7 @@ pub fn watch(
                 customers: every_customer(&customers),
                 ..Wakes::default()
             }),
+            ctx.clone(),
         )),
         tokio::spawn(run_watch::<Order>(
             api(client, namespace),
@@ -191,6 +196,7 @@ pub fn watch(
                 orders: every_order(index),
                 ..Wakes::default()
             }),
+            ctx.clone(),
         )),
         tokio::spawn(run_watch(
             api(client, namespace),
@@ -198,6 +204,12 @@ pub fn watch(
             Some(writers.ledgers),
             // A ledger wakes its customer when what it counts changed, nothing else.
             feed::feed(ctx.clone(), |_| Wakes::default()),
+            ctx.clone(),
+        )),
+        tokio::spawn(check_freshness(
+            client.clone(),
+            namespace.map(str::to_owned),
+            ctx.clone(),
         )),
     ])
 }
@@ -223,24 +235,141 @@ where
     }
 }
 
+/// Follows `api` into the cache (if any) and the feed, and lists everything again whenever
+/// the store is seen to have gone back in time.
 async fn run_watch<K: feed::Watchable>(
     api: Api<K>,
     config: watcher::Config,
-    cache: Option<reflector::store::Writer<K>>,
-    feed: impl FnMut(&Result<watcher::Event<K>, watcher::Error>),
+    mut cache: Option<reflector::store::Writer<K>>,
+    mut feed: impl FnMut(&Result<watcher::Event<K>, watcher::Error>),
+    ctx: Arc<Context>,
 ) {
-    let events = watcher::watcher(api, config)
-        .default_backoff()
-        .modify(K::slim);
-    match cache {
-        Some(writer) => {
-            events
-                .reflect(writer)
-                .inspect(feed)
-                .for_each(|_| future::ready(()))
-                .await
+    loop {
+        let events = watcher::watcher(api.clone(), config.clone())
+            .default_backoff()
+            .modify(K::slim);
+        let mut events = std::pin::pin!(events);
+        loop {
+            tokio::select! {
+                event = events.next() => {
+                    let Some(event) = event else { return };
+                    if let (Some(cache), Ok(event)) = (cache.as_mut(), &event) {
+                        cache.apply_watcher_event(event);
+                    }
+                    feed(&event);
+                }
+                () = ctx.freshness.relist(K::KIND) => {
+                    warn!(kind = ?K::KIND, "the store went back in time; listing again");
+                    break;
+                }
+            }
         }
-        None => events.inspect(feed).for_each(|_| future::ready(())).await,
+    }
+}
+
+/// Every [`freshness::PERIOD`] (every second while a watch has failed and not resumed):
+/// compares each kind's current resourceVersion in the store (a LIST of one item) with the
+/// newest its watch has shown, and, for a watch that failed, whether the store still holds that
+/// version.
+async fn check_freshness(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
+    let namespace = namespace.as_deref();
+    loop {
+        let unsure = !ctx.freshness.consistent();
+        tokio::time::sleep(if unsure {
+            Duration::from_secs(1)
+        } else {
+            freshness::PERIOD
+        })
+        .await;
+        for (kind, seen) in ctx.freshness.unverified() {
+            let held = match kind {
+                Watched::Customers => holds(&api::<Customer>(&client, namespace), seen).await,
+                Watched::Orders => holds(&api::<Order>(&client, namespace), seen).await,
+                Watched::Ledgers => holds(&api::<Ledger>(&client, namespace), seen).await,
+            };
+            match held {
+                Some(true) => {
+                    ctx.freshness.resumed(kind);
+                    ctx.readiness.event(kind);
+                }
+                Some(false) => {
+                    warn!(
+                        ?kind,
+                        seen, "the store no longer holds what the watch had seen"
+                    );
+                    ctx.freshness.lost_history(kind);
+                    ctx.readiness.relisting(format!(
+                        "the store no longer holds version {seen} of {kind:?} (was it \
+                         restored?): every watch lists again"
+                    ));
+                }
+                None => {}
+            }
+        }
+        let current = [
+            (
+                Watched::Customers,
+                current_version(&api::<Customer>(&client, namespace)).await,
+            ),
+            (
+                Watched::Orders,
+                current_version(&api::<Order>(&client, namespace)).await,
+            ),
+            (
+                Watched::Ledgers,
+                current_version(&api::<Ledger>(&client, namespace)).await,
+            ),
+        ];
+        for (kind, version) in current {
+            let Some(version) = version else { continue };
+            if let Some(seen) = ctx.freshness.check(kind, &version) {
+                ctx.readiness.went_back(kind, &version, seen);
+            }
+        }
+    }
+}
+
+/// The store's current resourceVersion for `api`'s kind, if the API server answers.
+async fn current_version<K>(api: &Api<K>) -> Option<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let one = kube::api::ListParams::default().limit(1);
+    match api.list_metadata(&one).await {
+        Ok(list) => list.metadata.resource_version,
+        Err(error) => {
+            debug!(%error, "could not read the store's current version");
+            None
+        }
+    }
+}
+
+/// Whether the store still holds version `seen` of `api`'s kind (a LIST at exactly that
+/// version): Some(false) when it answers it does not (compacted away, or not reached), None when
+/// it cannot tell (it does not answer, or refuses for another reason).
+async fn holds<K>(api: &Api<K>, seen: u64) -> Option<bool>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if seen == 0 {
+        return current_version(api).await.map(|_| true);
+    }
+    let exact = kube::api::ListParams::default()
+        .limit(1)
+        .at(&seen.to_string())
+        .matching(kube::api::VersionMatch::Exact);
+    match api.list_metadata(&exact).await {
+        Ok(_) => Some(true),
+        // Gone (compacted), or too large (the store has not reached it).
+        Err(kube::Error::Api(status))
+            if status.code == 410 || status.message.contains("Too large resource version") =>
+        {
+            Some(false)
+        }
+        Err(error) => {
+            debug!(%error, "could not tell whether the store still holds the version seen");
+            None
+        }
     }
 }
 
@@ -386,16 +515,25 @@ impl Collector for LedgerCounts {
     }
 }
 
-/// `reserve_customers{level}`: customers per level in the cache, counted at each scrape.
+/// `reserve_customers{level}`: customers per level in the cache, and
+/// `reserve_customers_settled_history_missing`: those whose Ledger is missing, counted at each
+/// scrape.
 #[derive(Debug)]
 pub struct CustomersPerLevel(pub Store<Customer>);
 
 impl Collector for CustomersPerLevel {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut counts = std::collections::BTreeMap::<String, i64>::new();
+        let mut missing = 0;
         for customer in self.0.state() {
-            if let Some(level) = customer.status.as_ref().and_then(|s| s.level.clone()) {
+            let Some(status) = customer.status.as_ref() else {
+                continue;
+            };
+            if let Some(level) = status.level.clone() {
                 *counts.entry(level).or_default() += 1;
+            }
+            if customer::settled_history_missing(status) {
+                missing += 1;
             }
         }
         let mut family = encoder.encode_descriptor(
@@ -408,6 +546,12 @@ impl Collector for CustomersPerLevel {
             let labels = [("level", level)];
             ConstGauge::new(count).encode(family.encode_family(&labels)?)?;
         }
-        Ok(())
+        let family = encoder.encode_descriptor(
+            "customers_settled_history_missing",
+            "Customers whose Ledger is missing: their score counts the settled history last seen",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(missing).encode(family)
     }
 }

@@ -15,6 +15,7 @@ use super::{
     context::Context,
     error::Error,
     index::{Index, OrderFacts, OrderKey},
+    restore,
     seen::SeenStatus,
 };
 use crate::{
@@ -128,30 +129,41 @@ pub async fn reconcile(key: OrderKey, ctx: Arc<Context>) -> Option<Duration> {
     let result = reconcile_order(&key, &ctx).instrument(span).await;
     let object = key.object_ref();
     match result {
-        Ok(()) => {
+        Ok(again) => {
             ctx.orders.backoff.succeeded(&object);
-            None
+            again
         }
         Err(error) => {
             ctx.report_failure(CONTROLLER, &key.to_string(), &error);
             Some(match error {
-                Error::NotLeading(_) => Duration::from_millis(500),
+                Error::NotLeading(_) | Error::Relisting => Duration::from_millis(500),
                 _ => ctx.orders.backoff.failed(&object),
             })
         }
     }
 }
 
-async fn reconcile_order(key: &OrderKey, ctx: &Context) -> Result<(), Error> {
+/// Reconciles one order; Ok(Some(wait)) means "look again after `wait`" (a restore may still
+/// write its status).
+async fn reconcile_order(key: &OrderKey, ctx: &Context) -> Result<Option<Duration>, Error> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let kind = &ctx.orders;
     let object = key.object_ref();
+    let now = Timestamp::now();
     let write = {
         let index = ctx.index();
         let Some(facts) = index.order(key) else {
             debug!("gone before its reconcile");
-            return Ok(());
+            return Ok(None);
         };
+        let unwritten = facts.seen.status.as_ref().is_none_or(|s| s.phase.is_none());
+        if unwritten && let Some(wait) = restore::hold(facts.seen.restored_at, now) {
+            debug!(
+                ?wait,
+                "restored moments ago: its status is the restore's to write first"
+            );
+            return Ok(Some(wait));
+        }
         let (resource_version, current) = match kind
             .writer
             .unseen_write(&object, &facts.seen.resource_version)
@@ -165,14 +177,7 @@ async fn reconcile_order(key: &OrderKey, ctx: &Context) -> Result<(), Error> {
                 facts.seen.status.clone(),
             ),
         };
-        let status = desired_status(
-            key,
-            facts,
-            current.as_ref(),
-            &index,
-            &ctx.policy,
-            Timestamp::now(),
-        );
+        let status = desired_status(key, facts, current.as_ref(), &index, &ctx.policy, now);
         match &current {
             Some(current) if current.shows(&status) => None,
             _ => Some(Write {
@@ -185,17 +190,10 @@ async fn reconcile_order(key: &OrderKey, ctx: &Context) -> Result<(), Error> {
     };
     let Some(write) = write else {
         debug!("status up to date");
-        return Ok(());
+        return Ok(None);
     };
     kind.writer
-        .write(
-            &object,
-            &write.resource_version,
-            &write.status,
-            &ctx.fence,
-            &ctx.metrics,
-            &ctx.readiness,
-        )
+        .write(&object, &write.resource_version, &write.status)
         .await?;
     if customer_missing(&write.status) && !write.was_missing {
         let note = Note {
@@ -219,7 +217,7 @@ async fn reconcile_order(key: &OrderKey, ctx: &Context) -> Result<(), Error> {
             warn!(%error, "could not record the CustomerNotFound event");
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]

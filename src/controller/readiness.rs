@@ -62,6 +62,8 @@ struct Inner {
 struct State {
     /// Per watched kind: when its watch last failed, unless an event came since.
     watch_failed: [Option<Instant>; 3],
+    /// Per watched kind: why it lists everything again (the store went back), until it has.
+    relisting: [Option<String>; 3],
     denied: Option<(Instant, String)>,
     failed_writes: u32,
     last_failed_write: Option<(Instant, String)>,
@@ -94,6 +96,9 @@ impl Readiness {
         }
         let state = self.state();
         for kind in Watched::ALL {
+            if let Some(why) = &state.relisting[kind as usize] {
+                return Some(why.clone());
+            }
             if state.watch_failed[kind as usize]
                 .is_some_and(|at| now.duration_since(at) < WATCH_ERROR_HOLD)
             {
@@ -131,7 +136,23 @@ impl Readiness {
     /// A cache holds a full list.
     pub fn listed(&self, kind: Watched) {
         self.inner.synced.send_modify(|s| s[kind as usize] = true);
+        self.state().relisting[kind as usize] = None;
         self.event(kind);
+    }
+
+    /// The store went back in time (from `seen` to `current` for `kind`): every watch lists
+    /// everything again, and what the operator knows is out of date until they have.
+    pub fn went_back(&self, kind: Watched, current: &str, seen: u64) {
+        self.relisting(format!(
+            "the store of {} went back in time (resourceVersion {current}, after {seen} was \
+             seen; etcd restored?): listing again",
+            kind.name()
+        ));
+    }
+
+    /// Every watch lists everything again, for `why`; not ready until each has.
+    pub fn relisting(&self, why: String) {
+        self.state().relisting = [Some(why.clone()), Some(why.clone()), Some(why)];
     }
 
     /// A watch delivered an event: it works (again).
@@ -234,6 +255,25 @@ mod tests {
             readiness.problem().as_deref(),
             Some("permission denied: patch orders/status in ns")
         );
+    }
+
+    #[test]
+    fn a_store_gone_back_makes_it_unready_until_every_kind_is_listed_again() {
+        let readiness = synced();
+        readiness.went_back(Watched::Orders, "1943", 4057);
+        let problem = readiness.problem().unwrap();
+        assert!(problem.contains("orders went back in time"), "{problem}");
+        assert!(
+            problem.contains("1943") && problem.contains("4057"),
+            "{problem}"
+        );
+        readiness.event(Watched::Orders);
+        assert!(readiness.problem().is_some(), "an event is not the list");
+        readiness.listed(Watched::Orders);
+        assert!(readiness.problem().is_some(), "every kind lists again");
+        readiness.listed(Watched::Customers);
+        readiness.listed(Watched::Ledgers);
+        assert_eq!(readiness.problem(), None);
     }
 
     #[test]

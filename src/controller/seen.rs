@@ -11,7 +11,7 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use super::conditions::{self, Transitions};
 use crate::crd::{CUSTOMER_FOUND, OrderState, OrderStatus, READY};
@@ -26,6 +26,8 @@ pub struct SeenOrder {
     pub declared: bool,
     /// Deleted, held by someone's finalizer.
     pub deleting: bool,
+    /// When a restore created it (Velero's label), if one did.
+    pub restored_at: Option<Timestamp>,
     pub status: Option<SeenStatus>,
 }
 

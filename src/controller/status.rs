@@ -9,7 +9,11 @@
 //! write is recognised as such, so it wakes nothing, while any other change (a user's, another
 //! writer's) wakes a reconcile that repairs it.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::{
@@ -20,7 +24,7 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 
-use super::{Error, readiness::Readiness};
+use super::{Error, freshness::Freshness, readiness::Readiness};
 use crate::{leader::Fence, metrics::Metrics};
 
 /// Field manager of every status write; the operator owns nothing else.
@@ -46,9 +50,20 @@ pub struct Current<S> {
     pub status: Option<S>,
 }
 
+/// What every write needs besides its object: whether this replica may write now (it holds a
+/// fresh Lease, and its index is one moment of the store), and where it reports.
+#[derive(Clone)]
+pub struct Guards {
+    pub fence: Fence,
+    pub freshness: Arc<Freshness>,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Readiness,
+}
+
 pub struct StatusWriter<K: Resource, S> {
     client: Client,
     controller: &'static str,
+    guards: Guards,
     pending: Mutex<HashMap<ObjectRef<K>, Written<S>>>,
 }
 
@@ -60,10 +75,11 @@ where
         + std::fmt::Debug,
     S: Clone + Serialize,
 {
-    pub fn new(client: Client, controller: &'static str) -> Self {
+    pub fn new(client: Client, controller: &'static str, guards: Guards) -> Self {
         Self {
             client,
             controller,
+            guards,
             pending: Mutex::default(),
         }
     }
@@ -135,6 +151,13 @@ where
         self.pending().remove(key);
     }
 
+    /// Forgets every write whose echo has not arrived (a list starts: it shows what is).
+    pub fn forget_all(&self) {
+        let mut pending = self.pending();
+        pending.clear();
+        pending.shrink_to(64);
+    }
+
     /// Writes `status` to the status subresource of `key`, if this replica may write (it holds
     /// a freshly renewed Lease) and the object is still at `resource_version`.
     pub async fn write(
@@ -142,10 +165,13 @@ where
         key: &ObjectRef<K>,
         resource_version: &str,
         status: &S,
-        fence: &Fence,
-        metrics: &Metrics,
-        readiness: &Readiness,
     ) -> Result<(), Error> {
+        let Guards {
+            fence,
+            freshness,
+            metrics,
+            readiness,
+        } = &self.guards;
         let name = key.name.clone();
         let namespace = key.namespace.clone().ok_or_else(|| Error::NoNamespace {
             kind: K::kind(&()).into(),
@@ -154,6 +180,10 @@ where
         if let Err(reason) = fence.check() {
             metrics.write_withheld(self.controller);
             return Err(Error::NotLeading(reason));
+        }
+        if !freshness.consistent() {
+            metrics.write_withheld(self.controller);
+            return Err(Error::Relisting);
         }
         let patch = json!({
             "apiVersion": K::api_version(&()),
@@ -225,7 +255,13 @@ mod tests {
     fn writer() -> StatusWriter<Customer, CustomerStatus> {
         // The client is never used by these tests; building one needs no cluster.
         let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
-        StatusWriter::new(Client::try_from(config).unwrap(), "customer")
+        let guards = Guards {
+            fence: Fence::always_open(),
+            freshness: Arc::default(),
+            metrics: Arc::new(Metrics::new(&[], Vec::new())),
+            readiness: Readiness::default(),
+        };
+        StatusWriter::new(Client::try_from(config).unwrap(), "customer", guards)
     }
 
     fn echo(writer: &StatusWriter<Customer, CustomerStatus>, seen: &Customer) -> bool {

@@ -62,6 +62,12 @@ pub struct CustomerStatus {
     /// Orders whose spec.state is Requested.
     #[serde(default)]
     pub open_orders: i64,
+    /// What the customer's Ledger (its settled, deleted orders) adds to score and counts;
+    /// absent while nothing of the customer has been settled. Kept as last seen if the Ledger
+    /// goes missing (Ready is then False, reason SettledHistoryMissing), so a score never drops
+    /// because its history has not been restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled: Option<SettledHistory>,
     /// The metadata.generation this status was computed for; 0 until the operator has seen
     /// the customer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,6 +77,21 @@ pub struct CustomerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// The settled part of a customer's score and counts: what its Ledger holds.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SettledHistory {
+    /// Sum of spec.quantity over the settled orders that were Completed.
+    #[serde(default)]
+    pub score: i64,
+    /// Settled orders that were Completed.
+    #[serde(default)]
+    pub completed_orders: i64,
+    /// Settled orders that were Canceled.
+    #[serde(default)]
+    pub canceled_orders: i64,
 }
 
 impl CustomerStatus {
@@ -84,6 +105,7 @@ impl CustomerStatus {
             completed_orders: standing.completed,
             canceled_orders: standing.canceled,
             open_orders: standing.open,
+            settled: None,
             observed_generation: generation,
             conditions,
         }

@@ -7,7 +7,7 @@ mod customer;
 mod ledger;
 mod order;
 
-pub use customer::{Customer, CustomerSpec, CustomerStatus};
+pub use customer::{Customer, CustomerSpec, CustomerStatus, SettledHistory};
 pub use ledger::{AbsorbedOrder, Ledger, LedgerSpec};
 pub use order::{Order, OrderSpec, OrderState, OrderStatus};
 

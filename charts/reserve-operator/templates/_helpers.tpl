@@ -18,3 +18,12 @@ app.kubernetes.io/component: controller
 {{- define "reserve-operator.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
+
+{{- /* The restore groups as CEL string literals: 'a', 'b' */ -}}
+{{- define "reserve-operator.restoreGroups" -}}
+{{- $groups := list -}}
+{{- range .Values.restore.groups -}}
+{{- $groups = append $groups (printf "'%s'" .) -}}
+{{- end -}}
+{{- join ", " $groups -}}
+{{- end }}

@@ -198,9 +198,12 @@ impl Settler {
             if count == PER_PASS {
                 break;
             }
+            // A customer whose Ledger is missing (not restored yet?) is not settled: a new
+            // Ledger would take the place of the one the restore brings back.
             if opted_in.contains(&customer.namespace)
                 && is_due(order, now, self.after)
                 && !index.is_absorbed(customer, order)
+                && index.settled_history_missing(customer).is_none()
             {
                 let batch = due.entry(customer.clone()).or_default();
                 if batch.len() < BATCH {
@@ -321,7 +324,7 @@ impl Settler {
         // At most twice: a precondition that failed only because the status changed is retried
         // with the new resourceVersion.
         for _ in 0..2 {
-            self.ctx.fence.check().map_err(SettleError::Withheld)?;
+            self.may_write()?;
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
                     uid: Some(absorbed.uid.clone()),
@@ -383,7 +386,7 @@ impl Settler {
         current: Option<&Ledger>,
         spec: LedgerSpec,
     ) -> Result<(), SettleError> {
-        self.ctx.fence.check().map_err(SettleError::Withheld)?;
+        self.may_write()?;
         let api: Api<Ledger> = Api::namespaced(self.ctx.client().clone(), &key.namespace);
         let mut ledger = Ledger::new(&key.name, spec);
         ledger.metadata.namespace = Some(key.namespace.clone());
@@ -441,6 +444,16 @@ impl Settler {
         {
             warn!(%error, "could not record the Settled event");
         }
+    }
+
+    /// Whether this replica may write now: it holds a fresh Lease, and its index is one moment
+    /// of the store (not mid-way through lists again).
+    fn may_write(&self) -> Result<(), SettleError> {
+        self.ctx.fence.check().map_err(SettleError::Withheld)?;
+        if !self.ctx.freshness.consistent() {
+            return Err(SettleError::Withheld("the watches are listing again"));
+        }
+        Ok(())
     }
 
     fn fault_point(&self, step: &str) {
