@@ -599,6 +599,64 @@ impl ControlPlane {
         self.start_slot(&local.etcd, "etcd", &local.etcd_args)
     }
 
+    /// Saves a snapshot of etcd's data to `path` (`etcdctl snapshot save`), while it runs.
+    pub fn snapshot_etcd(&self, path: &Path) -> Result<(), String> {
+        let out = Command::new(self.bin.join("etcdctl"))
+            .args(["--endpoints", &self.etcd_url(), "snapshot", "save"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("etcdctl: {e}"))?;
+        out.status
+            .success()
+            .then_some(())
+            .ok_or_else(|| format!("etcdctl snapshot save: {}", text(&out)))
+    }
+
+    /// Restores etcd from `snapshot` as etcd and Kubernetes document it: the API server and
+    /// etcd stop, the data directory becomes `etcdutl snapshot restore` of the snapshot (with
+    /// `--bump-revision BUMP --mark-compacted` when `bump` is given, as etcd recommends, so
+    /// every version moves forward and every watch must list again), then etcd and the API
+    /// server start again.
+    pub fn restore_etcd(&self, snapshot: &Path, bump: Option<u64>) -> Result<(), String> {
+        let local = self.local("restore_etcd()");
+        Self::stop_slot(&local.apiserver);
+        Self::stop_slot(&local.etcd);
+        let flag = |name: &str| {
+            local
+                .etcd_args
+                .iter()
+                .find_map(|a| a.strip_prefix(&format!("--{name}=")))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let data = PathBuf::from(flag("data-dir"));
+        let restored = data.with_extension("restored");
+        let _ = std::fs::remove_dir_all(&restored);
+        let mut restore = Command::new(self.bin.join("etcdutl"));
+        restore
+            .args(["snapshot", "restore"])
+            .arg(snapshot)
+            .arg("--data-dir")
+            .arg(&restored)
+            .args(["--name", &flag("name")])
+            .args(["--initial-cluster", &flag("initial-cluster")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &flag("initial-advertise-peer-urls"),
+            ]);
+        if let Some(bump) = bump {
+            restore.args(["--bump-revision", &bump.to_string(), "--mark-compacted"]);
+        }
+        let out = restore.output().map_err(|e| format!("etcdutl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("etcdutl snapshot restore: {}", text(&out)));
+        }
+        std::fs::remove_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+        std::fs::rename(&restored, &data).map_err(|e| format!("{}: {e}", data.display()))?;
+        self.start_etcd()?;
+        self.start_apiserver()
+    }
+
     /// Stops both servers; a detached control plane's directory is removed.
     pub fn stop(&self) {
         let Some(local) = &self.local else { return };

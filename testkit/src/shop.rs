@@ -311,22 +311,29 @@ impl Shop {
     /// What every Customer of the namespace must show, computed by the operator's own rules
     /// from the stored Orders' spec (never from a status).
     pub async fn expected(&self, policy: &LevelPolicy) -> BTreeMap<String, Standing> {
-        let (customers, orders) = self.listed().await;
-        view::expected(&customers, &orders, policy)
+        let (customers, orders, ledgers) = self.listed().await;
+        view::expected(&customers, &orders, &ledgers, policy)
     }
 
     /// Everything that differs now from what the stored Orders say (see [`view::mismatches`]),
     /// and how many customers were checked.
     pub async fn mismatches(&self, policy: &LevelPolicy) -> (Vec<String>, usize) {
-        let (customers, orders) = self.listed().await;
-        view::mismatches(&customers, &orders, policy)
+        let (customers, orders, ledgers) = self.listed().await;
+        view::mismatches(&customers, &orders, &ledgers, policy)
     }
 
-    async fn listed(&self) -> (Vec<Customer>, Vec<Order>) {
+    async fn listed(
+        &self,
+    ) -> (
+        Vec<Customer>,
+        Vec<Order>,
+        Vec<reserve_operator::crd::Ledger>,
+    ) {
         let lp = ListParams::default();
         let customers = self.customers().list(&lp).await.expect("list customers");
         let orders = self.orders().list(&lp).await.expect("list orders");
-        (customers.items, orders.items)
+        let ledgers = self.ledgers().list(&lp).await.expect("list ledgers");
+        (customers.items, orders.items, ledgers.items)
     }
 
     /// Waits up to `timeout` until nothing differs from what the stored Orders say, watching

@@ -1,9 +1,12 @@
-//! The Customers and Orders of a namespace as a watch shows them, kept current: what a test
+//! The Customers, Orders and Ledgers of a namespace as a watch shows them, kept current: what a test
 //! waits on. A wait is a watch with a deadline, re-checked at every event, never a poll that
 //! lists the namespace again and again (a list of every order several times a second costs the
 //! API server as much as the work the test waits for).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use kube::{
@@ -15,26 +18,33 @@ use kube::{
     },
 };
 use reserve_operator::{
-    crd::{Customer, CustomerStatus, Order},
+    crd::{Customer, CustomerStatus, Ledger, Order},
     loyalty::{LevelPolicy, Standing, Tally},
 };
 use tokio::sync::watch;
 
-/// What a watch shows of one namespace's Customers and Orders.
+/// What a watch shows of one namespace's Customers, Orders and Ledgers.
 pub struct View {
     customers: Store<Customer>,
     orders: Store<Order>,
+    ledgers: Store<Ledger>,
     changed: watch::Receiver<u64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl View {
-    /// Starts watching `namespace`; returns once both kinds are listed.
+    /// Starts watching `namespace`; returns once every kind is listed.
     pub async fn start(client: &Client, namespace: &str) -> View {
         let changes = watch::Sender::new(0u64);
         let (customers, customer_writer) = reflector::store();
         let (orders, order_writer) = reflector::store();
+        let (ledgers, ledger_writer) = reflector::store();
         let tasks = vec![
+            tokio::spawn(follow(
+                Api::namespaced(client.clone(), namespace),
+                ledger_writer,
+                changes.clone(),
+            )),
             tokio::spawn(follow(
                 Api::namespaced(client.clone(), namespace),
                 customer_writer,
@@ -49,12 +59,14 @@ impl View {
         let view = View {
             customers,
             orders,
+            ledgers,
             changed: changes.subscribe(),
             tasks,
         };
         for ready in [
             view.customers.wait_until_ready().await,
             view.orders.wait_until_ready().await,
+            view.ledgers.wait_until_ready().await,
         ] {
             ready.expect("the watches of the view list the namespace");
         }
@@ -64,14 +76,15 @@ impl View {
     /// Everything that differs from what the stored Orders say (see [`mismatches`]), and how
     /// many customers were checked.
     pub fn mismatches(&self, policy: &LevelPolicy) -> (Vec<String>, usize) {
-        let customers: Vec<Customer> = self
-            .customers
-            .state()
-            .iter()
-            .map(|c| (**c).clone())
-            .collect();
-        let orders: Vec<Order> = self.orders.state().iter().map(|o| (**o).clone()).collect();
-        mismatches(&customers, &orders, policy)
+        fn all<K: kube::Resource + Clone>(store: &Store<K>) -> Vec<K>
+        where
+            K::DynamicType: std::hash::Hash + Eq + Clone,
+        {
+            store.state().iter().map(|o| (**o).clone()).collect()
+        }
+        let (customers, orders, ledgers) =
+            (all(&self.customers), all(&self.orders), all(&self.ledgers));
+        mismatches(&customers, &orders, &ledgers, policy)
     }
 
     /// Waits until nothing differs, re-checking at each watch event, for at most `timeout`;
@@ -121,10 +134,13 @@ where
     }
 }
 
-/// What each customer's standing must be, from the orders that exist (the operator's rules).
+/// What each customer's standing must be, from the orders that exist and its Ledger (the
+/// operator's rules): the live orders as they are, and what the Ledger settled, less the orders
+/// it absorbed that still exist (they count as they are now).
 pub fn expected(
     customers: &[Customer],
     orders: &[Order],
+    ledgers: &[Ledger],
     policy: &LevelPolicy,
 ) -> BTreeMap<String, Standing> {
     let mut tallies: BTreeMap<String, Tally> = customers
@@ -135,6 +151,29 @@ pub fn expected(
         if let Some(tally) = tallies.get_mut(&order.spec.customer) {
             tally.count(order.spec.state, i64::from(order.spec.quantity));
         }
+    }
+    let live: BTreeSet<(String, String)> = orders
+        .iter()
+        .map(|o| (o.name_any(), o.uid().unwrap_or_default()))
+        .collect();
+    for ledger in ledgers {
+        let Some(tally) = tallies.get_mut(&ledger.name_any()) else {
+            continue;
+        };
+        let spec = &ledger.spec;
+        let settled = Tally {
+            score: spec.score,
+            completed: spec.completed_orders,
+            canceled: spec.canceled_orders,
+            open: 0,
+        };
+        let still_live = Tally::of(
+            spec.absorbed
+                .iter()
+                .filter(|a| live.contains(&(a.name.clone(), a.uid.clone())))
+                .map(|a| (a.state, a.quantity)),
+        );
+        *tally = tally.plus(settled.minus(still_live));
     }
     tallies
         .into_iter()
@@ -147,9 +186,10 @@ pub fn expected(
 pub fn mismatches(
     customers: &[Customer],
     orders: &[Order],
+    ledgers: &[Ledger],
     policy: &LevelPolicy,
 ) -> (Vec<String>, usize) {
-    let expected = expected(customers, orders, policy);
+    let expected = expected(customers, orders, ledgers, policy);
     let mut problems = Vec::new();
     let mut orders: Vec<&Order> = orders.iter().collect();
     orders.sort_by_key(|o| o.name_any());
