@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod rbac;
 pub mod shop;
 pub mod tools;
+pub mod velero;
 pub mod view;
 pub mod workload;
 

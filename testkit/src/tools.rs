@@ -33,6 +33,13 @@ pub fn ecosystem_bin_dir() -> Result<&'static Path, String> {
     built_by(&BIN, "hack/ecosystem-tools.sh")
 }
 
+/// Where velero, its AWS plugin (`plugins/`) and moto (`moto/bin/moto_server`) live, building
+/// them first if they are missing (`make test-velero`).
+pub fn velero_bin_dir() -> Result<&'static Path, String> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    built_by(&BIN, "hack/velero-tools.sh")
+}
+
 fn built_by(
     cell: &'static OnceLock<Result<PathBuf, String>>,
     script: &str,
