@@ -7,6 +7,7 @@ use kube::{Client, Resource, runtime::reflector::ObjectRef};
 
 use super::{
     Error, Triggers,
+    error::ErrorKind,
     freshness::Freshness,
     index::Index,
     pacer::Pacer,
@@ -20,6 +21,10 @@ use crate::{
     metrics::Metrics,
     runtime_ext::{Backoff, EventPublisher},
 };
+
+/// The controllers' names: the `controller` label of metrics, logs and Events.
+pub const CUSTOMER_CONTROLLER: &str = "customer";
+pub const ORDER_CONTROLLER: &str = "order";
 
 /// What the operator keeps per reconciled kind.
 pub struct Kind<K: Resource, S> {
@@ -67,15 +72,11 @@ impl Context {
             policy,
             index: RwLock::default(),
             customers: Kind {
-                writer: StatusWriter::new(
-                    client.clone(),
-                    super::customer::CONTROLLER,
-                    guards.clone(),
-                ),
+                writer: StatusWriter::new(client.clone(), CUSTOMER_CONTROLLER, guards.clone()),
                 backoff: Backoff::default(),
             },
             orders: Kind {
-                writer: StatusWriter::new(client.clone(), super::order::CONTROLLER, guards),
+                writer: StatusWriter::new(client.clone(), ORDER_CONTROLLER, guards),
                 backoff: Backoff::default(),
             },
             customer_pace: Pacer::default(),
@@ -103,10 +104,10 @@ impl Context {
     /// Logs a failed reconcile and, for a refused permission, says so where operators look:
     /// the log (with what to grant) and `/readyz`.
     pub fn report_failure(&self, controller: &str, object: &str, error: &Error) {
-        self.metrics
-            .reconcile_error(controller, error.metric_label());
-        match error.metric_label() {
-            "forbidden" => {
+        let kind = error.kind();
+        self.metrics.reconcile_error(controller, kind.label());
+        match kind {
+            ErrorKind::Forbidden => {
                 tracing::error!(
                     %error,
                     "permission denied: the operator's identity lacks an RBAC permission it needs \
@@ -114,10 +115,12 @@ impl Context {
                 );
                 self.readiness.permission_denied(error.to_string());
             }
-            "conflict" | "not_leading" | "relisting" => {
+            ErrorKind::Conflict | ErrorKind::NotLeading | ErrorKind::Relisting => {
                 tracing::debug!(object, %error, "status not written; will look again")
             }
-            _ => tracing::warn!(object, %error, "reconcile failed; will retry"),
+            ErrorKind::Invalid | ErrorKind::WriteStatus | ErrorKind::NoNamespace => {
+                tracing::warn!(object, %error, "reconcile failed; will retry")
+            }
         }
     }
 }

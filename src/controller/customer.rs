@@ -1,6 +1,6 @@
 //! Customer reconciler: the status is a function of the customer's orders in the index.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{
@@ -22,7 +22,7 @@ use crate::{
     runtime_ext::Note,
 };
 
-pub const CONTROLLER: &str = "customer";
+pub const CONTROLLER: &str = super::context::CUSTOMER_CONTROLLER;
 
 /// The Ready reason of a customer whose Ledger is missing while its status shows settled
 /// history: the score counts that history as last seen, not lowered, until the Ledger is back.
@@ -194,15 +194,8 @@ async fn publish_missing_history(
 
 pub fn error_policy(customer: Arc<Customer>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.report_failure(CONTROLLER, &customer.name_any(), error);
-    match error {
-        // Fresh data or a fresh Lease is on its way; look again soon, without counting a failure.
-        Error::NotLeading(_) | Error::Relisting => Action::requeue(Duration::from_millis(500)),
-        _ => Action::requeue(
-            ctx.customers
-                .backoff
-                .failed(&ObjectRef::from_obj(&*customer)),
-        ),
-    }
+    let key = ObjectRef::from_obj(&*customer);
+    Action::requeue(error.retry_after(&ctx.customers.backoff, &key))
 }
 
 #[cfg(test)]

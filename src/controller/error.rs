@@ -1,4 +1,12 @@
+use std::time::Duration;
+
 use thiserror::Error;
+
+use crate::runtime_ext::Backoff;
+
+/// How soon an object is looked at again when its write was withheld (fresh data or a fresh
+/// Lease is on its way).
+const WITHHELD_RETRY: Duration = Duration::from_millis(500);
 
 /// Why a reconcile failed. The controller retries with backoff; the variant names the
 /// `error` label of the `reserve_reconcile_errors_total` metric.
@@ -23,16 +31,57 @@ pub enum Error {
     Relisting,
 }
 
+/// What kind of failure an [`Error`] is: what decides its retry, its log line, what readiness
+/// is told, and the `error` label of `reserve_reconcile_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 409: someone else wrote first; the next reconcile starts from what they wrote.
+    Conflict,
+    /// 403: the operator's identity lacks a permission (or admission refused it).
+    Forbidden,
+    /// 422: the API server refused the status as invalid.
+    Invalid,
+    /// Any other failed write: the server failed or could not be reached.
+    WriteStatus,
+    NoNamespace,
+    NotLeading,
+    Relisting,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::Conflict,
+        ErrorKind::Forbidden,
+        ErrorKind::Invalid,
+        ErrorKind::WriteStatus,
+        ErrorKind::NoNamespace,
+        ErrorKind::NotLeading,
+        ErrorKind::Relisting,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::WriteStatus => "write_status",
+            ErrorKind::NoNamespace => "no_namespace",
+            ErrorKind::NotLeading => "not_leading",
+            ErrorKind::Relisting => "relisting",
+        }
+    }
+}
+
 /// Every value of the `error` label, so the series exist at zero before the first failure.
-pub const METRIC_LABELS: [&str; 7] = [
-    "conflict",
-    "forbidden",
-    "invalid",
-    "write_status",
-    "no_namespace",
-    "not_leading",
-    "relisting",
-];
+pub const METRIC_LABELS: [&str; 7] = {
+    let mut labels = [""; 7];
+    let mut i = 0;
+    while i < ErrorKind::ALL.len() {
+        labels[i] = ErrorKind::ALL[i].label();
+        i += 1;
+    }
+    labels
+};
 
 impl Error {
     fn api_code(&self) -> Option<u16> {
@@ -45,15 +94,28 @@ impl Error {
         }
     }
 
-    pub fn metric_label(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match (self, self.api_code()) {
-            (_, Some(409)) => "conflict",
-            (_, Some(403)) => "forbidden",
-            (_, Some(422)) => "invalid",
-            (Error::WriteStatus { .. }, _) => "write_status",
-            (Error::NoNamespace { .. }, _) => "no_namespace",
-            (Error::NotLeading(_), _) => "not_leading",
-            (Error::Relisting, _) => "relisting",
+            (_, Some(409)) => ErrorKind::Conflict,
+            (_, Some(403)) => ErrorKind::Forbidden,
+            (_, Some(422)) => ErrorKind::Invalid,
+            (Error::WriteStatus { .. }, _) => ErrorKind::WriteStatus,
+            (Error::NoNamespace { .. }, _) => ErrorKind::NoNamespace,
+            (Error::NotLeading(_), _) => ErrorKind::NotLeading,
+            (Error::Relisting, _) => ErrorKind::Relisting,
+        }
+    }
+
+    /// How long to wait before reconciling `key` again after this failure, for every kind: a
+    /// withheld write soon, without counting a failure; anything else after `key`'s backoff.
+    pub fn retry_after<T: Clone + Eq + std::hash::Hash>(
+        &self,
+        backoff: &Backoff<T>,
+        key: &T,
+    ) -> Duration {
+        match self.kind() {
+            ErrorKind::NotLeading | ErrorKind::Relisting => WITHHELD_RETRY,
+            _ => backoff.failed(key),
         }
     }
 

@@ -116,7 +116,9 @@ impl Watchable for Customer {
     }
 
     fn forget(ctx: &Context, customer: &Self) {
-        ctx.customers.writer.forget(&ObjectRef::from_obj(customer));
+        let key = ObjectRef::from_obj(customer);
+        ctx.customers.writer.forget(&key);
+        ctx.customers.backoff.succeeded(&key);
         ctx.customer_pace.forget(customer);
     }
 

@@ -24,7 +24,7 @@ use crate::{
     runtime_ext::Note,
 };
 
-pub const CONTROLLER: &str = "order";
+pub const CONTROLLER: &str = super::context::ORDER_CONTROLLER;
 
 pub const CUSTOMER_NOT_FOUND: &str = "CustomerNotFound";
 
@@ -135,10 +135,7 @@ pub async fn reconcile(key: OrderKey, ctx: Arc<Context>) -> Option<Duration> {
         }
         Err(error) => {
             ctx.report_failure(CONTROLLER, &key.to_string(), &error);
-            Some(match error {
-                Error::NotLeading(_) | Error::Relisting => Duration::from_millis(500),
-                _ => ctx.orders.backoff.failed(&object),
-            })
+            Some(error.retry_after(&ctx.orders.backoff, &object))
         }
     }
 }
