@@ -17,9 +17,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt, runtime::reflector::ObjectRef};
 
 use super::{
-    restore,
+    declared, restore,
     seen::{SeenOrder, SeenStatus},
-    settlement,
 };
 use crate::{
     crd::{Customer, Ledger, Order, OrderState},
@@ -221,7 +220,7 @@ impl Index {
                     uid: order.uid().unwrap_or_default().into(),
                     resource_version: order.resource_version().unwrap_or_default().into(),
                     generation: order.metadata.generation,
-                    declared: settlement::is_declared(order.meta()),
+                    declared: declared::is_declared(order.meta()),
                     deleting: order.metadata.deletion_timestamp.is_some(),
                     restored_at: restored_at(order.meta()),
                     status,

@@ -16,6 +16,7 @@
 pub mod conditions;
 mod context;
 pub mod customer;
+pub mod declared;
 mod error;
 mod feed;
 #[cfg(test)]

@@ -43,7 +43,7 @@ use kube::{
 use tracing::{error, info, warn};
 
 use rules::entry;
-pub use rules::{absorb, is_declared, is_due, release};
+pub use rules::{absorb, is_due, release};
 
 use super::{Caches, Context, index::CustomerKey, status::FIELD_MANAGER};
 use crate::{

@@ -1,44 +1,16 @@
-//! The pure rules of settlement: which orders are due, which are declared in Git, and what a
-//! ledger becomes when it absorbs, forgets or gives back orders.
+//! The pure rules of settlement: which orders are due (never one declared in Git, see
+//! `controller::declared`), and what a ledger becomes when it absorbs, forgets or gives back
+//! orders.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
-use k8s_openapi::{
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
-    jiff::Timestamp,
-};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use crate::{
-    controller::{index::OrderFacts, status::FIELD_MANAGER},
+    controller::index::OrderFacts,
     crd::{AbsorbedOrder, LedgerSpec, OrderState},
     loyalty::Tally,
 };
-
-/// Whether an object was declared in Git: applied by kubectl (client- or server-side), by a
-/// GitOps tool, or by Helm. The operator's own status writes do not count.
-pub fn is_declared(meta: &ObjectMeta) -> bool {
-    const ANNOTATIONS: [&str; 3] = [
-        "kubectl.kubernetes.io/last-applied-configuration",
-        "argocd.argoproj.io/tracking-id",
-        "meta.helm.sh/release-name",
-    ];
-    const LABELS: [&str; 4] = [
-        "app.kubernetes.io/instance",
-        "app.kubernetes.io/managed-by",
-        "kustomize.toolkit.fluxcd.io/name",
-        "helm.toolkit.fluxcd.io/name",
-    ];
-    let has = |map: &Option<BTreeMap<String, String>>, keys: &[&str]| {
-        map.as_ref()
-            .is_some_and(|m| keys.iter().any(|k| m.contains_key(*k)))
-    };
-    let applied = meta.managed_fields.iter().flatten().any(|entry| {
-        entry.operation.as_deref() == Some("Apply")
-            && entry.subresource.as_deref().unwrap_or_default().is_empty()
-            && entry.manager.as_deref() != Some(FIELD_MANAGER)
-    });
-    applied || has(&meta.annotations, &ANNOTATIONS) || has(&meta.labels, &LABELS)
-}
 
 /// Whether `order` is due for settlement at `now`: final, observed so by the operator for at
 /// least `after`, and not declared in Git.
@@ -119,12 +91,18 @@ pub fn release(spec: &LedgerSpec, gone: &[String], given_back: &[String]) -> Led
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
     use kube::Resource;
 
     use super::*;
     use crate::{
-        controller::index::{Index, OrderKey},
+        controller::{
+            declared::is_declared,
+            index::{Index, OrderKey},
+            status::FIELD_MANAGER,
+        },
         crd::{Order, OrderSpec, OrderStatus},
     };
 
