@@ -1,6 +1,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use k8s_openapi::{
@@ -20,6 +21,11 @@ use serde_json::json;
 
 /// Longest name of an Event (a DNS-1123 subdomain).
 const MAX_NAME: usize = 253;
+
+/// How many times an Event is sent when the API server fails (client-go's recorder also tries
+/// a bounded number of times), and the wait before the second try (doubled after each).
+const TRIES: u32 = 3;
+const FIRST_RETRY: Duration = Duration::from_millis(100);
 
 /// Publishes `events.k8s.io/v1` Events, each a new object.
 ///
@@ -64,10 +70,21 @@ impl EventPublisher {
             &format!("{:x}", now.as_nanosecond()),
         );
         let event = self.event(name, now, note, regarding);
-        self.api(&event)
-            .create(&PostParams::default(), &event)
-            .await
-            .map(drop)
+        let api = self.api(&event);
+        let mut wait = FIRST_RETRY;
+        for tries in 1.. {
+            match api.create(&PostParams::default(), &event).await {
+                Ok(_) => break,
+                // The same name: an earlier try got through, its answer did not.
+                Err(kube::Error::Api(status)) if status.code == 409 && tries > 1 => break,
+                Err(error) if tries < TRIES && is_transient(&error) => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
     }
 
     /// Publishes `note` as the next of a series: one Event per object and `series` (until the
@@ -198,6 +215,15 @@ impl EventPublisher {
     }
 }
 
+/// A failure on the server's side or on the way (5xx, 429, a broken connection, a timeout),
+/// worth another try; a refusal (403, 422, ...) is not.
+fn is_transient(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        _ => true,
+    }
+}
+
 /// `<object>.<suffix>` (the suffix: nanoseconds in hex, or a series' name), the object's name
 /// cut so the whole fits in a name (and still ends in a letter or digit, as every part of a
 /// DNS-1123 subdomain must).
@@ -211,6 +237,90 @@ fn event_name(object: &str, suffix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use tower_test::mock;
+
+    type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+    fn publisher() -> (EventPublisher, Handle) {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        (EventPublisher::new(client, "test", "test-0"), handle)
+    }
+
+    fn note() -> Note {
+        Note {
+            type_: EventType::Normal,
+            reason: "LevelChanged",
+            action: "BronzeToSilver".into(),
+            note: "level Bronze -> Silver (score 5)".into(),
+        }
+    }
+
+    fn regarding() -> ObjectReference {
+        ObjectReference {
+            kind: Some("Customer".into()),
+            name: Some("alice".into()),
+            namespace: Some("ns".into()),
+            ..ObjectReference::default()
+        }
+    }
+
+    /// Answers the next request with `code`; returns the name of the Event it created.
+    async fn answer(handle: &mut Handle, code: u16) -> String {
+        let (request, respond) = handle.next_request().await.expect("a request");
+        assert_eq!(request.method(), http::Method::POST);
+        let body = http_body_util::BodyExt::collect(request.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let answer = if code == 201 {
+            event.clone()
+        } else {
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "message": "failed", "code": code})
+        };
+        let response = Response::builder()
+            .status(code)
+            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+            .unwrap();
+        respond.send_response(response);
+        event["metadata"]["name"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_is_sent_again_while_the_server_fails_a_bounded_number_of_times() {
+        let (events, mut handle) = publisher();
+        let sent = tokio::spawn(async move { events.publish(note(), regarding()).await });
+        let first = answer(&mut handle, 500).await;
+        let second = answer(&mut handle, 201).await;
+        assert_eq!(first, second, "a retry is the same Event");
+        sent.await.unwrap().expect("published on the second try");
+
+        let (events, mut handle) = publisher();
+        let sent = tokio::spawn(async move { events.publish(note(), regarding()).await });
+        for _ in 0..TRIES {
+            answer(&mut handle, 503).await;
+        }
+        assert!(sent.await.unwrap().is_err(), "given up after {TRIES} tries");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_event_is_not_sent_again_and_a_late_success_counts() {
+        let (events, mut handle) = publisher();
+        let sent = tokio::spawn(async move { events.publish(note(), regarding()).await });
+        answer(&mut handle, 403).await;
+        assert!(sent.await.unwrap().is_err(), "refused: no second try");
+
+        // The first try got through but its answer was lost: the second finds it there.
+        let (events, mut handle) = publisher();
+        let sent = tokio::spawn(async move { events.publish(note(), regarding()).await });
+        answer(&mut handle, 504).await;
+        answer(&mut handle, 409).await;
+        sent.await.unwrap().expect("the first try had landed");
+    }
 
     #[test]
     fn event_names_fit_for_the_longest_object_names() {
