@@ -77,6 +77,15 @@ impl Exchange {
         self.answer(StatusCode::OK, body);
     }
 
+    /// Answers `code` with a Status, as the API server refuses or fails a request.
+    pub fn fail(self, code: StatusCode) {
+        let body = json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": code.canonical_reason().unwrap_or("failed"), "code": code.as_u16(),
+        });
+        self.answer(code, body);
+    }
+
     fn answer(self, code: StatusCode, body: Value) {
         let body = Body::from(serde_json::to_vec(&body).expect("JSON"));
         self.respond.send_response(
@@ -105,6 +114,7 @@ pub fn written_customer(exchange: &Exchange, version: u64) -> Value {
         "apiVersion": "reserve.coffeechain.io/v1alpha1", "kind": "Customer",
         "metadata": { "name": exchange.name(), "namespace": namespace(exchange),
                       "resourceVersion": version.to_string() },
+        "spec": {},
         "status": exchange.body["status"],
     })
 }

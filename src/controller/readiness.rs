@@ -180,6 +180,12 @@ impl Readiness {
         }
     }
 
+    /// Status writes failed on the server's side in a row.
+    #[cfg(test)]
+    pub fn failed_writes(&self) -> u32 {
+        self.state().failed_writes
+    }
+
     /// Records a status write that failed on the server's side (not a refusal or a conflict).
     pub fn write_failed(&self, error: String) {
         let mut state = self.state();

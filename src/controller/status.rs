@@ -239,7 +239,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{Customer, CustomerSpec, CustomerStatus};
+    use crate::{
+        controller::{
+            error::ErrorKind,
+            fixtures::{ApiServer, mock_client, written_customer},
+        },
+        crd::{Customer, CustomerSpec, CustomerStatus},
+    };
+    use http::{Method, StatusCode};
 
     fn customer(resource_version: &str, score: i64) -> Customer {
         let mut customer = Customer::new("alice", CustomerSpec::default());
@@ -252,44 +259,76 @@ mod tests {
         customer
     }
 
-    fn writer() -> StatusWriter<Customer, CustomerStatus> {
-        // The client is never used by these tests; building one needs no cluster.
-        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+    type Writer = Arc<StatusWriter<Customer, CustomerStatus>>;
+
+    fn writer() -> (Writer, ApiServer) {
+        let (client, server) = mock_client();
         let guards = Guards {
             fence: Fence::always_open(),
             freshness: Arc::default(),
             metrics: Arc::new(Metrics::new(&[], Vec::new())),
             readiness: Readiness::default(),
         };
-        StatusWriter::new(Client::try_from(config).unwrap(), "customer", guards)
+        (
+            Arc::new(StatusWriter::new(client, "customer", guards)),
+            server,
+        )
     }
 
-    fn echo(writer: &StatusWriter<Customer, CustomerStatus>, seen: &Customer) -> bool {
+    fn echo(writer: &Writer, seen: &Customer) -> bool {
         writer.is_own_echo(
             &ObjectRef::from_obj(seen),
             &seen.resource_version().unwrap(),
         )
     }
 
-    fn wrote(writer: &StatusWriter<Customer, CustomerStatus>, on: &Customer, produced: &str) {
-        writer.pending().insert(
-            ObjectRef::from_obj(on),
-            Written {
-                based_on: on.resource_version().unwrap(),
-                produced: produced.into(),
-                status: CustomerStatus {
-                    score: 2,
-                    ..Default::default()
-                },
-            },
+    /// `writer` writes score `score` to `on`; the server checks the request and answers with
+    /// `code` (200: the customer at version `produced`).
+    async fn write(
+        writer: &Writer,
+        server: &mut ApiServer,
+        on: &Customer,
+        score: i64,
+        answer: Option<(StatusCode, u64)>,
+    ) -> Result<(), Error> {
+        let (key, version) = (ObjectRef::from_obj(on), on.resource_version().unwrap());
+        let status = CustomerStatus {
+            score,
+            ..Default::default()
+        };
+        let sending = writer.clone();
+        let sent = tokio::spawn(async move { sending.write(&key, &version, &status).await });
+        let exchange = server.next().await;
+        assert_eq!(exchange.method, Method::PATCH);
+        assert_eq!(
+            exchange.path,
+            "/apis/reserve.coffeechain.io/v1alpha1/namespaces/ns/customers/alice/status"
         );
+        assert_eq!(
+            exchange.body["metadata"]["resourceVersion"].as_str(),
+            on.resource_version().as_deref(),
+            "conditional on the version it was computed from"
+        );
+        assert_eq!(exchange.body["status"]["score"], score);
+        match answer {
+            Some((StatusCode::OK, produced)) => {
+                let body = written_customer(&exchange, produced);
+                exchange.ok(body);
+            }
+            Some((code, _)) => exchange.fail(code),
+            // Never answered: the write times out.
+            None => std::mem::forget(exchange),
+        }
+        sent.await.unwrap()
     }
 
     #[tokio::test]
     async fn a_write_counts_until_its_echo_arrives() {
-        let writer = writer();
+        let (writer, mut server) = writer();
         let cached = customer("1", 1);
-        wrote(&writer, &cached, "2");
+        write(&writer, &mut server, &cached, 2, Some((StatusCode::OK, 2)))
+            .await
+            .expect("written");
         // The cache still shows version 1: what was written is current, at version 2.
         let current = writer.current(&cached, cached.status.as_ref());
         assert_eq!(current.status.unwrap().score, 2);
@@ -309,9 +348,11 @@ mod tests {
 
     #[tokio::test]
     async fn someone_elses_version_is_news() {
-        let writer = writer();
+        let (writer, mut server) = writer();
         let cached = customer("1", 1);
-        wrote(&writer, &cached, "2");
+        write(&writer, &mut server, &cached, 2, Some((StatusCode::OK, 2)))
+            .await
+            .expect("written");
         let forged = customer("3", 99);
         assert!(!echo(&writer, &forged));
         let current = writer.current(&forged, forged.status.as_ref());
@@ -322,5 +363,56 @@ mod tests {
             ),
             ("3", 99)
         );
+    }
+
+    #[tokio::test]
+    async fn a_conflict_forgets_the_write_before_it() {
+        let (writer, mut server) = writer();
+        let cached = customer("1", 1);
+        write(&writer, &mut server, &cached, 2, Some((StatusCode::OK, 2)))
+            .await
+            .expect("written");
+        let failed = write(
+            &writer,
+            &mut server,
+            &cached,
+            3,
+            Some((StatusCode::CONFLICT, 0)),
+        )
+        .await;
+        assert_eq!(failed.unwrap_err().kind(), ErrorKind::Conflict);
+        // Someone else wrote meanwhile: the cache, not the last write, is what the object has.
+        let current = writer.current(&cached, cached.status.as_ref());
+        assert_eq!(
+            (
+                current.resource_version.as_str(),
+                current.status.unwrap().score
+            ),
+            ("1", 1)
+        );
+        assert_eq!(
+            writer.guards.readiness.failed_writes(),
+            0,
+            "a conflict is no server failure"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_without_an_answer_fails_after_the_timeout() {
+        let (writer, mut server) = writer();
+        let cached = customer("1", 1);
+        let failed = write(&writer, &mut server, &cached, 2, None).await;
+        let error = failed.unwrap_err();
+        assert!(
+            error.to_string().contains("no answer within 10s"),
+            "{error}"
+        );
+        assert!(error.is_server_failure());
+        assert_eq!(
+            writer.guards.readiness.failed_writes(),
+            1,
+            "readiness is told"
+        );
+        assert!(writer.pending().is_empty());
     }
 }
