@@ -5,7 +5,7 @@
 //! back (`reserve-operator restore`) before the operator sees the orders.
 
 use reserve_operator::loyalty::LevelPolicy;
-use reserve_testkit::{ControlPlane, Shop, control_plane::text};
+use reserve_testkit::Shop;
 
 use super::{STORE, history::*};
 
@@ -36,19 +36,6 @@ fn repository(shop: &Shop) -> [String; 2] {
     [first.join("---\n"), second.join("---\n")]
 }
 
-fn apply(commit: &str) {
-    let args = [
-        "apply",
-        "--server-side",
-        "--field-manager",
-        "git",
-        "-f",
-        "-",
-    ];
-    let out = ControlPlane::shared().kubectl_stdin(&args, commit);
-    assert!(out.status.success(), "kubectl apply: {}", text(&out));
-}
-
 async fn exact(shop: &Shop) {
     let (left, _) = shop.converge(&LevelPolicy::default(), WAIT).await;
     assert!(left.is_empty(), "{left:#?}");
@@ -61,9 +48,9 @@ async fn applied_again_from_git_every_score_level_and_count_is_back() {
     let (shop, identity) = settling_shop("gitops").await;
     let mut op = operator(&shop, &identity);
     let commits = repository(&shop);
-    apply(&commits[0]);
+    apply_as_git(&commits[0]);
     exact(&shop).await;
-    apply(&commits[1]);
+    apply_as_git(&commits[1]);
     exact(&shop).await;
     let before = state(&shop).await;
     assert!(
@@ -75,7 +62,7 @@ async fn applied_again_from_git_every_score_level_and_count_is_back() {
     // Applied again, with the saved statuses put back before the operator runs: all of it.
     lose(&shop, &mut op).await;
     for commit in &commits {
-        apply(commit);
+        apply_as_git(commit);
     }
     let (report, complete) = restore(&statuses);
     assert!(complete, "{report}");
@@ -87,7 +74,7 @@ async fn applied_again_from_git_every_score_level_and_count_is_back() {
     // Applied again from Git alone: scores, levels and counts; the snapshots are new ones.
     lose(&shop, &mut op).await;
     for commit in &commits {
-        apply(commit);
+        apply_as_git(commit);
     }
     let op = operator(&shop, &identity);
     exact(&shop).await;

@@ -109,6 +109,11 @@ pub fn apply_from_git(shop: &Shop, name: &str, customer: &str, quantity: i32) {
          state: Completed\n",
         ns = shop.ns
     );
+    apply_as_git(&manifest);
+}
+
+/// `manifests` applied as a GitOps tool does: server-side, as the field manager `git`.
+pub fn apply_as_git(manifests: &str) {
     let args = [
         "apply",
         "--server-side",
@@ -117,7 +122,7 @@ pub fn apply_from_git(shop: &Shop, name: &str, customer: &str, quantity: i32) {
         "-f",
         "-",
     ];
-    let out = ControlPlane::shared().kubectl_stdin(&args, &manifest);
+    let out = ControlPlane::shared().kubectl_stdin(&args, manifests);
     assert!(out.status.success(), "kubectl apply: {}", text(&out));
 }
 
