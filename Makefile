@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help test test-velero lint fmt generate tools
+.PHONY: help test test-unit test-velero lint fmt generate tools
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -11,6 +11,9 @@ test: tools lint ## build the tools and the image if missing, lint, run every te
 	@if command -v buildah >/dev/null; then hack/image.sh operator >/dev/null; \
 	  else echo "note: no buildah here: the image and node tests will say they are skipped"; fi
 	$(CARGO) test --workspace --no-fail-fast
+
+test-unit: ## the tests that need no cluster: pure rules, the reconcile tier (a scripted API server), the CLI, generated files
+	$(CARGO) test --workspace --lib --bins --test cli --test crds_in_sync
 
 test-velero: tools ## back up and restore a shop with Velero (built once, about 7 minutes: velero, its AWS plugin, moto)
 	@hack/velero-tools.sh >/dev/null

@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use futures::TryStreamExt;
+use futures::StreamExt;
 use kube::{
     Api, ResourceExt,
     runtime::{WatchStreamExt, watcher},
@@ -40,7 +40,9 @@ impl Invariants {
                 .applied_objects();
             tokio::spawn(async move {
                 let mut stream = std::pin::pin!(stream);
-                while let Ok(Some(customer)) = stream.try_next().await {
+                // A failed watch (an API server restarted, etcd stopped) backs off and goes on.
+                while let Some(event) = stream.next().await {
+                    let Ok(customer) = event else { continue };
                     let Some(status) = customer.status.as_ref() else {
                         continue;
                     };
@@ -73,7 +75,8 @@ impl Invariants {
                 // Keyed by uid: an order deleted and created again is a new order.
                 let mut snapshots: HashMap<String, String> = HashMap::new();
                 let mut stream = std::pin::pin!(stream);
-                while let Ok(Some(order)) = stream.try_next().await {
+                while let Some(event) = stream.next().await {
+                    let Ok(order) = event else { continue };
                     let Some(level) = order.status.as_ref().and_then(|s| s.customer_level.clone())
                     else {
                         continue;

@@ -92,6 +92,7 @@ fn report(
         violations.len(),
         mismatches.len()
     );
+    assert!(*seen > 0, "{what}: the invariants watched no status at all");
     assert!(
         violations.is_empty(),
         "{what}: invariants broken: {violations:#?}"

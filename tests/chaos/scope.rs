@@ -88,6 +88,7 @@ async fn deleting_everything_in_a_namespace_under_load_disturbs_no_other_namespa
         .map(|shop| shop.operator_process(operator_bin!(), &identity, &["--no-leader-election"]))
         .collect();
     let policy = LevelPolicy::default();
+    let invariants = Invariants::watch(kept.customers(), kept.orders(), policy.clone());
     let plan = Plan::new(10, 300, 31);
     prepare(&doomed, &plan).await;
     let kept_driver = prepare(&kept, &plan).await;
@@ -133,7 +134,7 @@ async fn deleting_everything_in_a_namespace_under_load_disturbs_no_other_namespa
         "namespace deleted under load",
         plan.transitions(),
         &exact,
-        &(Vec::new(), 0),
+        &invariants.finish(),
     );
     for operator in &mut operators {
         assert!(operator.running(), "{}", operator.logs());

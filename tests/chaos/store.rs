@@ -12,6 +12,7 @@ async fn api_server_restart_under_load_recovers_without_restarting_the_operator(
     let shop = Shop::new("restart").await;
     let identity = shop.identity("operator").await;
     let policy = LevelPolicy::default();
+    let invariants = Invariants::watch(shop.customers(), shop.orders(), policy.clone());
     let mut operator = shop.operator_process(operator_bin!(), &identity, &["--no-leader-election"]);
     let plan = Plan::new(30 * scale(), 600 * scale(), 11);
     let driver = prepare(&shop, &plan).await;
@@ -67,7 +68,7 @@ async fn api_server_restart_under_load_recovers_without_restarting_the_operator(
         "API server restart",
         plan.transitions(),
         &exact,
-        &(Vec::new(), 0),
+        &invariants.finish(),
     );
 }
 
@@ -81,6 +82,7 @@ async fn etcd_stopped_under_load_makes_the_operator_unready_until_it_is_back() {
     let shop = Shop::new("etcd").await;
     let identity = shop.identity("operator").await;
     let policy = LevelPolicy::default();
+    let invariants = Invariants::watch(shop.customers(), shop.orders(), policy.clone());
     let operator = shop.operator_process(operator_bin!(), &identity, &["--no-leader-election"]);
     let probe = operator.probe().clone();
     let plan = Plan::new(30 * scale(), 600 * scale(), 13);
@@ -125,5 +127,5 @@ async fn etcd_stopped_under_load_makes_the_operator_unready_until_it_is_back() {
     );
     let transitions = load.await.unwrap();
     let exact = shop.converge(&policy, CONVERGE).await;
-    report("etcd stopped", transitions, &exact, &(Vec::new(), 0));
+    report("etcd stopped", transitions, &exact, &invariants.finish());
 }
