@@ -178,6 +178,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Failed reconciles of `controller` counted with `error`.
+    #[cfg(test)]
+    pub fn reconcile_errors(&self, controller: &str, error: &str) -> u64 {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                controller: controller.into(),
+                error: error.into(),
+            })
+            .get()
+    }
+
     pub fn status_write(&self, controller: &str) {
         self.status_writes
             .get_or_create(&ControllerLabel {

@@ -1,7 +1,10 @@
 //! What every reconcile gets: the policy, the index, the status writers, the fence, the Event
 //! publisher, the metrics and where to report trouble.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::{
+    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    time::{Duration, Instant},
+};
 
 use kube::{Client, Resource, runtime::reflector::ObjectRef};
 
@@ -10,7 +13,8 @@ use super::{
     error::ErrorKind,
     freshness::Freshness,
     index::Index,
-    pacer::Pacer,
+    objects::Objects,
+    pacer,
     readiness::Readiness,
     status::{FIELD_MANAGER, Guards, StatusWriter},
 };
@@ -26,10 +30,65 @@ use crate::{
 pub const CUSTOMER_CONTROLLER: &str = "customer";
 pub const ORDER_CONTROLLER: &str = "order";
 
-/// What the operator keeps per reconciled kind.
+/// What the operator keeps per reconciled kind: its status writer and, in one table, what it
+/// knows of each object ([`Objects`]): its unseen write, its failures, its pace.
 pub struct Kind<K: Resource, S> {
+    /// The `controller` label of its metrics, logs and Events.
+    pub controller: &'static str,
     pub writer: StatusWriter<K, S>,
-    pub backoff: Backoff<ObjectRef<K>>,
+    objects: Arc<Objects<K, S>>,
+    backoff: Backoff,
+}
+
+impl<K, S> Kind<K, S>
+where
+    K: Resource<DynamicType = ()>,
+{
+    fn new(client: Client, controller: &'static str, guards: Guards) -> Self
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        S: Clone + serde::Serialize,
+    {
+        let objects = Arc::<Objects<K, S>>::default();
+        Self {
+            controller,
+            writer: StatusWriter::new(client, controller, guards, objects.clone()),
+            objects,
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// Counts a failed reconcile of `key`; returns how long to wait before the next.
+    pub fn failed(&self, key: &ObjectRef<K>) -> Duration {
+        self.objects.with(key, |entry| {
+            entry.failures = entry.failures.saturating_add(1);
+            self.backoff.delay(key, entry.failures)
+        })
+    }
+
+    /// A reconcile of `key` succeeded: its next failure backs off from the start.
+    pub fn succeeded(&self, key: &ObjectRef<K>) {
+        self.objects.with_existing(key, |entry| entry.failures = 0);
+    }
+
+    /// Takes one of `key`'s status writes, or says how long until it may write again.
+    pub fn pace(&self, key: &ObjectRef<K>) -> Result<(), Duration> {
+        self.objects
+            .with(key, |entry| pacer::take(&mut entry.bucket, Instant::now()))
+    }
+
+    /// Forgets everything about a deleted object.
+    pub fn forget(&self, key: &ObjectRef<K>) {
+        self.objects.forget(key);
+    }
+
+    /// Forgets every write whose watch event has not arrived (a list starts: it shows what is).
+    pub fn forget_writes(&self) {
+        self.objects.forget_writes();
+    }
 }
 
 pub struct Context {
@@ -38,8 +97,6 @@ pub struct Context {
     index: RwLock<Index>,
     pub customers: Kind<Customer, CustomerStatus>,
     pub orders: Kind<Order, OrderStatus>,
-    /// How often each customer's status may be written.
-    pub customer_pace: Pacer<Customer>,
     pub fence: Fence,
     pub events: EventPublisher,
     pub metrics: Arc<Metrics>,
@@ -71,15 +128,8 @@ impl Context {
             client: client.clone(),
             policy,
             index: RwLock::default(),
-            customers: Kind {
-                writer: StatusWriter::new(client.clone(), CUSTOMER_CONTROLLER, guards.clone()),
-                backoff: Backoff::default(),
-            },
-            orders: Kind {
-                writer: StatusWriter::new(client.clone(), ORDER_CONTROLLER, guards),
-                backoff: Backoff::default(),
-            },
-            customer_pace: Pacer::default(),
+            customers: Kind::new(client.clone(), CUSTOMER_CONTROLLER, guards.clone()),
+            orders: Kind::new(client.clone(), ORDER_CONTROLLER, guards),
             fence,
             events: EventPublisher::new(client, FIELD_MANAGER, identity),
             metrics,
@@ -101,9 +151,10 @@ impl Context {
         self.index.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Logs a failed reconcile and, for a refused permission, says so where operators look:
-    /// the log (with what to grant) and `/readyz`.
-    pub fn report_failure(&self, controller: &str, object: &str, error: &Error) {
+    /// Counts and logs a failed reconcile (in the reconcile's span, which names the object)
+    /// and, for a refused permission, says so where operators look: the log (with what to
+    /// grant) and `/readyz`.
+    pub fn report_failure(&self, controller: &str, error: &Error) {
         let kind = error.kind();
         self.metrics.reconcile_error(controller, kind.label());
         match kind {
@@ -116,10 +167,10 @@ impl Context {
                 self.readiness.permission_denied(error.to_string());
             }
             ErrorKind::Conflict | ErrorKind::NotLeading | ErrorKind::Relisting => {
-                tracing::debug!(object, %error, "status not written; will look again")
+                tracing::debug!(%error, "status not written; will look again")
             }
             ErrorKind::Invalid | ErrorKind::WriteStatus | ErrorKind::NoNamespace => {
-                tracing::warn!(object, %error, "reconcile failed; will retry")
+                tracing::warn!(%error, "reconcile failed; will retry")
             }
         }
     }

@@ -4,25 +4,23 @@ use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{
-    Resource, ResourceExt,
-    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
+    Resource,
+    runtime::{events::EventType, reflector::ObjectRef},
 };
-use tracing::{debug, info, instrument, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     conditions::{self, Observation},
     context::Context,
-    error::Error,
     index::{self, CustomerKey, Index},
     restore,
+    term::Outcome,
 };
 use crate::{
     crd::{Customer, CustomerStatus, READY, SettledHistory},
     loyalty::LevelPolicy,
     runtime_ext::Note,
 };
-
-pub const CONTROLLER: &str = super::context::CUSTOMER_CONTROLLER;
 
 /// The Ready reason of a customer whose Ledger is missing while its status shows settled
 /// history: the score counts that history as last seen, not lowered, until the Ledger is back.
@@ -87,10 +85,11 @@ pub fn settled_history_missing(status: &CustomerStatus) -> bool {
     conditions::find(&status.conditions, READY).is_some_and(|c| c.reason == SETTLED_HISTORY_MISSING)
 }
 
-#[instrument(skip_all, fields(controller = CONTROLLER, namespace = customer.metadata.namespace.as_deref().unwrap_or_default(), name = %customer.name_any()))]
-pub async fn reconcile(customer: Arc<Customer>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconcile(CONTROLLER);
+/// Reconciles `customer` (as cached): writes the status it should have, if it differs from
+/// the one it has as far as this process knows.
+pub async fn reconcile(customer: Arc<Customer>, ctx: &Context) -> Outcome {
     let kind = &ctx.customers;
+    let key = ObjectRef::from_obj(&*customer);
     let current = kind.writer.current(&customer, customer.status.as_ref());
     let now = Timestamp::now();
     let desired = desired_status(
@@ -100,39 +99,34 @@ pub async fn reconcile(customer: Arc<Customer>, ctx: Arc<Context>) -> Result<Act
         &ctx.policy,
         now,
     );
-    if current.status.as_ref() != Some(&desired) {
-        if let Some(wait) = restore::hold(index::restored_at(customer.meta()), now) {
-            let shown = current.status.as_ref().filter(|s| s.level.is_some());
-            if shown.is_none_or(|s| desired.score < s.score) {
-                debug!(
-                    ?wait,
-                    "restored moments ago: its status is the restore's, and its score is not \
-                     lowered while the rest of the restore may be on its way"
-                );
-                return Ok(Action::requeue(wait));
-            }
-        }
-        if let Err(wait) = ctx.customer_pace.take(&customer) {
+    if current.status.as_ref() == Some(&desired) {
+        debug!("status up to date");
+        return Ok(None);
+    }
+    if let Some(wait) = restore::hold(index::restored_at(customer.meta()), now) {
+        let shown = current.status.as_ref().filter(|s| s.level.is_some());
+        if shown.is_none_or(|s| desired.score < s.score) {
             debug!(
                 ?wait,
-                "written often lately; the next write folds this change in"
+                "restored moments ago: its status is the restore's, and its score is not \
+                 lowered while the rest of the restore may be on its way"
             );
-            return Ok(Action::requeue(wait));
+            return Ok(Some(wait));
         }
-        kind.writer
-            .write(
-                &ObjectRef::from_obj(&*customer),
-                &current.resource_version,
-                &desired,
-            )
-            .await?;
-        publish_level_change(&customer, current.status.as_ref(), &desired, &ctx).await;
-        publish_missing_history(&customer, current.status.as_ref(), &desired, &ctx).await;
-    } else {
-        debug!("status up to date");
     }
-    kind.backoff.succeeded(&ObjectRef::from_obj(&*customer));
-    Ok(Action::await_change())
+    if let Err(wait) = kind.pace(&key) {
+        debug!(
+            ?wait,
+            "written often lately; the next write folds this change in"
+        );
+        return Ok(Some(wait));
+    }
+    kind.writer
+        .write(&key, &current.resource_version, &desired)
+        .await?;
+    publish_level_change(&customer, current.status.as_ref(), &desired, ctx).await;
+    publish_missing_history(&customer, current.status.as_ref(), &desired, ctx).await;
+    Ok(None)
 }
 
 async fn publish_level_change(
@@ -190,12 +184,6 @@ async fn publish_missing_history(
     if let Err(error) = ctx.events.publish(note, customer.object_ref(&())).await {
         warn!(%error, "could not record the SettledHistoryMissing event");
     }
-}
-
-pub fn error_policy(customer: Arc<Customer>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.report_failure(CONTROLLER, &customer.name_any(), error);
-    let key = ObjectRef::from_obj(&*customer);
-    Action::requeue(error.retry_after(&ctx.customers.backoff, &key))
 }
 
 #[cfg(test)]

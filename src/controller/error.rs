@@ -2,8 +2,6 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::runtime_ext::Backoff;
-
 /// How soon an object is looked at again when its write was withheld (fresh data or a fresh
 /// Lease is on its way).
 const WITHHELD_RETRY: Duration = Duration::from_millis(500);
@@ -106,16 +104,13 @@ impl Error {
         }
     }
 
-    /// How long to wait before reconciling `key` again after this failure, for every kind: a
-    /// withheld write soon, without counting a failure; anything else after `key`'s backoff.
-    pub fn retry_after<T: Clone + Eq + std::hash::Hash>(
-        &self,
-        backoff: &Backoff<T>,
-        key: &T,
-    ) -> Duration {
+    /// How long to wait before reconciling the object again after this failure, for every
+    /// kind: a withheld write soon, without counting a failure; anything else after what
+    /// `backoff` says (which counts it).
+    pub fn retry_after(&self, backoff: impl FnOnce() -> Duration) -> Duration {
         match self.kind() {
             ErrorKind::NotLeading | ErrorKind::Relisting => WITHHELD_RETRY,
-            _ => backoff.failed(key),
+            _ => backoff(),
         }
     }
 

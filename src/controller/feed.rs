@@ -116,14 +116,11 @@ impl Watchable for Customer {
     }
 
     fn forget(ctx: &Context, customer: &Self) {
-        let key = ObjectRef::from_obj(customer);
-        ctx.customers.writer.forget(&key);
-        ctx.customers.backoff.succeeded(&key);
-        ctx.customer_pace.forget(customer);
+        ctx.customers.forget(&ObjectRef::from_obj(customer));
     }
 
     fn forget_writes(ctx: &Context) {
-        ctx.customers.writer.forget_all();
+        ctx.customers.forget_writes();
     }
 }
 
@@ -168,12 +165,11 @@ impl Watchable for Order {
     }
 
     fn forget(ctx: &Context, order: &Self) {
-        ctx.orders.writer.forget(&ObjectRef::from_obj(order));
-        ctx.orders.backoff.succeeded(&ObjectRef::from_obj(order));
+        ctx.orders.forget(&ObjectRef::from_obj(order));
     }
 
     fn forget_writes(ctx: &Context) {
-        ctx.orders.writer.forget_all();
+        ctx.orders.forget_writes();
     }
 
     /// Nothing: no cache keeps Orders; the index takes what it needs from the event.

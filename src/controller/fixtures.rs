@@ -24,6 +24,11 @@ pub fn mock_client() -> (Client, ApiServer) {
 
 /// A Context on a mock client: every cache listed, writing allowed (no leader election).
 pub fn context(client: Client) -> Arc<Context> {
+    context_fenced(client, Fence::always_open())
+}
+
+/// A Context on a mock client behind `fence`, every cache listed.
+pub fn context_fenced(client: Client, fence: Fence) -> Arc<Context> {
     let readiness = Readiness::default();
     for kind in Watched::ALL {
         readiness.listed(kind);
@@ -32,7 +37,7 @@ pub fn context(client: Client) -> Arc<Context> {
         client,
         LevelPolicy::default(),
         "test",
-        Fence::always_open(),
+        fence,
         Arc::new(Metrics::new(&METRIC_LABELS, Vec::new())),
         readiness,
     ))
@@ -42,6 +47,8 @@ pub fn context(client: Client) -> Arc<Context> {
 pub struct Exchange {
     pub method: Method,
     pub path: String,
+    /// The query string, without `?` (empty if none).
+    pub query: String,
     pub body: Value,
     respond: mock::SendResponse<Response<Body>>,
 }
@@ -59,9 +66,18 @@ impl ApiServer {
         Exchange {
             method: parts.method,
             path: parts.uri.path().to_owned(),
+            query: parts.uri.query().unwrap_or_default().to_owned(),
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
             respond,
         }
+    }
+}
+
+impl ApiServer {
+    /// Whether nothing has been sent that was not taken with [`next`](Self::next) yet.
+    pub fn idle(&mut self) -> bool {
+        use futures::FutureExt;
+        self.0.next_request().now_or_never().is_none()
     }
 }
 

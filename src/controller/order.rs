@@ -1,30 +1,28 @@
 //! Order reconciler: mirrors spec.state into status.phase, takes the customer-level snapshot
 //! once, and says whether the customer exists. It reads the order from the index (the operator
-//! keeps no cache of whole Orders) and runs on the [`queue`](super::queue).
+//! keeps no cache of whole Orders).
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use k8s_openapi::{
     api::core::v1::ObjectReference, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
 };
 use kube::{Resource, runtime::events::EventType};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{debug, warn};
 
 use super::{
     conditions::{self, Observation},
     context::Context,
-    error::Error,
     index::{Index, OrderFacts, OrderKey},
     restore,
     seen::SeenStatus,
+    term::Outcome,
 };
 use crate::{
     crd::{CUSTOMER_FOUND, Order, OrderStatus, READY},
     loyalty::{LevelPolicy, MISSING_CUSTOMER_LEVEL},
     runtime_ext::Note,
 };
-
-pub const CONTROLLER: &str = super::context::ORDER_CONTROLLER;
 
 pub const CUSTOMER_NOT_FOUND: &str = "CustomerNotFound";
 
@@ -123,27 +121,10 @@ struct Write {
     uid: Box<str>,
 }
 
-/// Reconciles the order `key`; returns when to look at it again, after a failure.
-pub async fn reconcile(key: OrderKey, ctx: Arc<Context>) -> Option<Duration> {
-    let span = info_span!("reconcile", controller = CONTROLLER, namespace = %key.customer.namespace, name = %key.name);
-    let result = reconcile_order(&key, &ctx).instrument(span).await;
-    let object = key.object_ref();
-    match result {
-        Ok(again) => {
-            ctx.orders.backoff.succeeded(&object);
-            again
-        }
-        Err(error) => {
-            ctx.report_failure(CONTROLLER, &key.to_string(), &error);
-            Some(error.retry_after(&ctx.orders.backoff, &object))
-        }
-    }
-}
-
-/// Reconciles one order; Ok(Some(wait)) means "look again after `wait`" (a restore may still
-/// write its status).
-async fn reconcile_order(key: &OrderKey, ctx: &Context) -> Result<Option<Duration>, Error> {
-    let _timer = ctx.metrics.reconcile(CONTROLLER);
+/// Reconciles the order `key` (as the index has it): writes the receipt it should have, if it
+/// differs from the one it has as far as this process knows. Ok(Some(wait)) means "look again
+/// after `wait`" (a restore may still write its status).
+pub async fn reconcile(key: &OrderKey, ctx: &Context) -> Outcome {
     let kind = &ctx.orders;
     let object = key.object_ref();
     let now = Timestamp::now();

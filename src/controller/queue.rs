@@ -1,6 +1,6 @@
-//! A work queue for reconciles of objects the operator keeps no cache of (Orders: the index
-//! holds what their reconciler reads). kube-runtime's `applier` gives the same guarantees, but
-//! it looks every object up in a reflector store of whole objects.
+//! The work queue every kind's reconciles run on. It holds keys, not objects: the reconcile
+//! reads what it needs when it runs (a Customer from its cache, an Order from the index, which
+//! keeps no whole Orders), so what it reads is never older than the wake.
 //!
 //! - A key woken several times while it waits runs once.
 //! - At most one reconcile runs per key; a wake that arrives meanwhile runs it once more after.

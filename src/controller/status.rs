@@ -9,11 +9,7 @@
 //! write is recognised as such, so it wakes nothing, while any other change (a user's, another
 //! writer's) wakes a reconcile that repairs it.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::{
@@ -24,7 +20,12 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 
-use super::{Error, freshness::Freshness, readiness::Readiness};
+use super::{
+    Error,
+    freshness::Freshness,
+    objects::{Objects, Written},
+    readiness::Readiness,
+};
 use crate::{leader::Fence, metrics::Metrics};
 
 /// Field manager of every status write; the operator owns nothing else.
@@ -34,15 +35,6 @@ pub const FIELD_MANAGER: &str = "reserve-operator";
 /// waiting for its storage); the object is looked at again, and a write that landed after all
 /// shows up in the watch like anyone else's.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A status write whose watch event has not arrived yet.
-struct Written<S> {
-    /// The resourceVersion the write was conditional on.
-    based_on: String,
-    /// The resourceVersion the write produced.
-    produced: String,
-    status: S,
-}
 
 /// The status an object has now as far as this process knows, and its resourceVersion.
 pub struct Current<S> {
@@ -64,7 +56,8 @@ pub struct StatusWriter<K: Resource, S> {
     client: Client,
     controller: &'static str,
     guards: Guards,
-    pending: Mutex<HashMap<ObjectRef<K>, Written<S>>>,
+    /// Where the writes whose watch event has not arrived are kept, per object.
+    objects: Arc<Objects<K, S>>,
 }
 
 impl<K, S> StatusWriter<K, S>
@@ -75,33 +68,35 @@ where
         + std::fmt::Debug,
     S: Clone + Serialize,
 {
-    pub fn new(client: Client, controller: &'static str, guards: Guards) -> Self {
+    pub fn new(
+        client: Client,
+        controller: &'static str,
+        guards: Guards,
+        objects: Arc<Objects<K, S>>,
+    ) -> Self {
         Self {
             client,
             controller,
             guards,
-            pending: Mutex::default(),
+            objects,
         }
-    }
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<K>, Written<S>>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// This process's own last write to `key`, if the cache (at `cached_version`) has not
     /// caught up with it: the resourceVersion it produced, and the status written.
     pub fn unseen_write(&self, key: &ObjectRef<K>, cached_version: &str) -> Option<(String, S)> {
-        let mut pending = self.pending();
-        match pending.get(key) {
-            Some(written) if written.based_on == cached_version => {
-                Some((written.produced.clone(), written.status.clone()))
-            }
-            Some(_) => {
-                pending.remove(key);
-                None
-            }
-            None => None,
-        }
+        self.objects
+            .with_existing(key, |entry| match &entry.written {
+                Some(written) if written.based_on == cached_version => {
+                    Some((written.produced.clone(), written.status.clone()))
+                }
+                Some(_) => {
+                    entry.written = None;
+                    None
+                }
+                None => None,
+            })
+            .flatten()
     }
 
     /// What `obj` (as cached, with `cached` status) has now: this process's own write on top of
@@ -124,38 +119,20 @@ where
     /// last write (nothing new to react to); any other version means someone else changed the
     /// object.
     pub fn is_own_echo(&self, key: &ObjectRef<K>, version: &str) -> bool {
-        let mut pending = self.pending();
-        if pending.is_empty() {
-            return false;
-        }
-        match pending.get(key) {
-            Some(written) if written.produced == version => {
-                pending.remove(key);
-                if pending.is_empty() {
-                    // A burst leaves a big, empty table behind; give the memory back.
-                    pending.shrink_to(64);
+        self.objects
+            .with_existing(key, |entry| match &entry.written {
+                Some(written) if written.produced == version => {
+                    entry.written = None;
+                    true
                 }
-                true
-            }
-            Some(written) if written.based_on == version => false,
-            Some(_) => {
-                pending.remove(key);
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// Forgets what was written for a deleted object.
-    pub fn forget(&self, key: &ObjectRef<K>) {
-        self.pending().remove(key);
-    }
-
-    /// Forgets every write whose echo has not arrived (a list starts: it shows what is).
-    pub fn forget_all(&self) {
-        let mut pending = self.pending();
-        pending.clear();
-        pending.shrink_to(64);
+                Some(written) if written.based_on == version => false,
+                Some(_) => {
+                    entry.written = None;
+                    false
+                }
+                None => false,
+            })
+            .unwrap_or(false)
     }
 
     /// Writes `status` to the status subresource of `key`, if this replica may write (it holds
@@ -209,18 +186,18 @@ where
         match sent {
             Ok(written) => {
                 readiness.write_succeeded();
-                self.pending().insert(
-                    key.clone(),
-                    Written {
-                        based_on: resource_version.to_owned(),
-                        produced: written.resource_version().unwrap_or_default(),
-                        status: status.clone(),
-                    },
-                );
+                let written = Written {
+                    based_on: resource_version.to_owned(),
+                    produced: written.resource_version().unwrap_or_default(),
+                    status: status.clone(),
+                };
+                self.objects
+                    .with(key, |entry| entry.written = Some(Box::new(written)));
                 Ok(())
             }
             Err(source) => {
-                self.forget(key);
+                self.objects
+                    .with_existing(key, |entry| entry.written = None);
                 let error = Error::WriteStatus {
                     kind: K::kind(&()).into(),
                     namespace,
@@ -269,8 +246,9 @@ mod tests {
             metrics: Arc::new(Metrics::new(&[], Vec::new())),
             readiness: Readiness::default(),
         };
+        let objects = Arc::default();
         (
-            Arc::new(StatusWriter::new(client, "customer", guards)),
+            Arc::new(StatusWriter::new(client, "customer", guards, objects)),
             server,
         )
     }
@@ -337,7 +315,7 @@ mod tests {
         // The watch delivers version 2: the operator's own write, which wakes nothing.
         let echo_2 = customer("2", 2);
         assert!(echo(&writer, &echo_2));
-        assert!(writer.pending().is_empty());
+        assert_eq!(writer.objects.len(), 0, "nothing left pending");
         assert_eq!(
             writer
                 .current(&echo_2, echo_2.status.as_ref())
@@ -413,6 +391,6 @@ mod tests {
             1,
             "readiness is told"
         );
-        assert!(writer.pending().is_empty());
+        assert_eq!(writer.objects.len(), 0, "nothing left pending");
     }
 }

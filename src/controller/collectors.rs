@@ -1,0 +1,81 @@
+//! The metrics counted at each scrape from the caches: ledgers, orders absorbed, customers per
+//! level and those whose settled history is missing.
+
+use kube::runtime::reflector::Store;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, gauge::ConstGauge},
+};
+
+use super::customer;
+use crate::crd::{Customer, Ledger};
+
+/// `reserve_ledgers` and `reserve_orders_absorbed`: ledgers in the cache, and the orders
+/// absorbed in them that they have not forgotten yet, counted at each scrape.
+#[derive(Debug)]
+pub struct LedgerCounts(pub Store<Ledger>);
+
+impl Collector for LedgerCounts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ledgers = self.0.state();
+        let settling: usize = ledgers.iter().map(|l| l.spec.absorbed.len()).sum();
+        for (name, help, value) in [
+            (
+                "ledgers",
+                "Ledgers of settled orders, from the operator's cache",
+                ledgers.len(),
+            ),
+            (
+                "orders_absorbed",
+                "Orders absorbed in a ledger and not yet forgotten by it (deleted or about to be)",
+                settling,
+            ),
+        ] {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value as i64).encode(family)?;
+        }
+        Ok(())
+    }
+}
+
+/// `reserve_customers{level}`: customers per level in the cache, and
+/// `reserve_customers_settled_history_missing`: those whose Ledger is missing, counted at each
+/// scrape.
+#[derive(Debug)]
+pub struct CustomersPerLevel(pub Store<Customer>);
+
+impl Collector for CustomersPerLevel {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut counts = std::collections::BTreeMap::<String, i64>::new();
+        let mut missing = 0;
+        for customer in self.0.state() {
+            let Some(status) = customer.status.as_ref() else {
+                continue;
+            };
+            if let Some(level) = status.level.clone() {
+                *counts.entry(level).or_default() += 1;
+            }
+            if customer::settled_history_missing(status) {
+                missing += 1;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "customers",
+            "Customers per level, from the operator's cache",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (level, count) in counts {
+            let labels = [("level", level)];
+            ConstGauge::new(count).encode(family.encode_family(&labels)?)?;
+        }
+        let family = encoder.encode_descriptor(
+            "customers_settled_history_missing",
+            "Customers whose Ledger is missing: their score counts the settled history last seen",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(missing).encode(family)
+    }
+}
