@@ -61,6 +61,7 @@ pub struct Metrics {
     withheld: Family<ControllerLabel, Counter>,
     leader: Gauge,
     settled: Counter,
+    passes: Counter,
 }
 
 const CONTROLLERS: [&str; 2] = ["customer", "order"];
@@ -124,6 +125,12 @@ impl Metrics {
             "Orders settled into their customer's ledger and deleted",
             settled.clone(),
         );
+        let passes = Counter::default();
+        registry.register(
+            "settlement_passes",
+            "Settlement passes completed: every customer with orders due looked at once",
+            passes.clone(),
+        );
         for collector in collectors {
             registry.register_collector(collector);
         }
@@ -153,6 +160,7 @@ impl Metrics {
             withheld,
             leader,
             settled,
+            passes,
         }
     }
 
@@ -207,6 +215,10 @@ impl Metrics {
 
     pub fn orders_settled(&self, count: u64) {
         self.settled.inc_by(count);
+    }
+
+    pub fn settlement_pass(&self) {
+        self.passes.inc();
     }
 
     pub fn set_leader(&self, leading: bool) {

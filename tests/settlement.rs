@@ -9,8 +9,13 @@ use std::{
     time::Duration,
 };
 
+use futures::StreamExt;
 use k8s_openapi::api::events::v1::Event;
-use kube::{Api, api::PostParams};
+use kube::{
+    Api,
+    api::PostParams,
+    runtime::{WatchStreamExt, watcher},
+};
 use reserve_operator::{
     controller::settlement::FAULT_INJECTION,
     crd::{Ledger, LedgerSpec, OrderState},
@@ -47,8 +52,8 @@ fn operator(shop: &Shop, identity: &Identity, fault: Option<&str>) -> OperatorPr
     launch.spawn()
 }
 
-/// Records every (score, completed, canceled) a customer's status shows, polling as fast as the
-/// API server answers, until dropped.
+/// Records every (score, completed, canceled) a customer's status shows, from a watch (every
+/// version the API server has), until dropped.
 struct Scores {
     seen: Arc<Mutex<BTreeSet<(i64, i64, i64)>>>,
     task: tokio::task::JoinHandle<()>,
@@ -57,11 +62,16 @@ struct Scores {
 impl Scores {
     fn watch(shop: &Shop, customer: &str) -> Scores {
         let seen = Arc::new(Mutex::new(BTreeSet::new()));
-        let api = shop.customers();
-        let (name, record) = (customer.to_owned(), seen.clone());
+        let config = watcher::Config::default().fields(&format!("metadata.name={customer}"));
+        let stream = watcher(shop.customers(), config)
+            .default_backoff()
+            .applied_objects();
+        let record = seen.clone();
         let task = tokio::spawn(async move {
-            loop {
-                if let Some(s) = api.get(&name).await.ok().and_then(|c| c.status)
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                if let Ok(customer) = event
+                    && let Some(s) = customer.status
                     && s.observed_generation.unwrap_or_default() > 0
                 {
                     record
@@ -69,7 +79,6 @@ impl Scores {
                         .unwrap()
                         .insert((s.score, s.completed_orders, s.canceled_orders));
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
         Scores { seen, task }
@@ -103,6 +112,22 @@ async fn expect_ledger(shop: &Shop, customer: &str, score: i64, completed: i64, 
             (l.score, l.completed_orders, l.canceled_orders) == (score, completed, canceled)
                 && l.absorbed.is_empty()
         })
+    })
+    .await;
+}
+
+/// Waits until `op` has completed two more settlement passes than now: at least one whole pass
+/// started after this call, so what it would settle, it has.
+async fn two_passes(op: &OperatorProcess) {
+    let passes = || async {
+        op.probe()
+            .metric("reserve_settlement_passes_total", &[])
+            .await
+            .expect("reserve_settlement_passes_total")
+    };
+    let now = passes().await;
+    eventually(WAIT, "two settlement passes", || async {
+        (passes().await >= now + 2.0).then_some(())
     })
     .await;
 }
@@ -206,7 +231,7 @@ async fn old_final_orders_move_into_the_ledger_and_no_score_moves() {
 
     // The ledger outlives its customer: created again, alice gets her history back.
     shop.delete_customer("alice").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    two_passes(&op).await;
     assert!(ledger(&shop, "alice").await.is_some());
     shop.customer("alice").await;
     shop.expect_customer("alice", 10, "Gold", (4, 1, 0)).await;
@@ -237,11 +262,13 @@ async fn an_opted_out_namespace_keeps_its_orders_and_a_name_settled_before_is_a_
     // Opted out, nothing is settled any more, and an order created under a settled name is
     // a new order: it counts, once, beside the settled one.
     shop.settlement_label(None).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    two_passes(&op).await;
     shop.order("c1", "carol", 6, Completed).await;
     shop.order("c2", "carol", 1, Canceled).await;
     shop.expect_customer("carol", 12, "Gold", (2, 1, 0)).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Old enough to settle (the age is the condition itself), and looked at since.
+    tokio::time::sleep(humantime::parse_duration(SETTLE_AFTER).unwrap()).await;
+    two_passes(&op).await;
     expect_orders(&shop, &["c1", "c2"]).await;
     expect_ledger(&shop, "carol", 6, 1, 0).await;
     shop.expect_customer("carol", 12, "Gold", (2, 1, 0)).await;

@@ -117,8 +117,9 @@ pub async fn run(ctx: Arc<Context>, caches: Caches, after: Duration, namespace: 
     let every = (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     info!(after = %humantime::format_duration(after), "settling final orders");
     loop {
-        if let Err(error) = settler.pass().await {
-            warn!(%error, "settlement pass failed; trying again");
+        match settler.pass().await {
+            Ok(()) => settler.ctx.metrics.settlement_pass(),
+            Err(error) => warn!(%error, "settlement pass failed; trying again"),
         }
         tokio::time::sleep(every).await;
     }
