@@ -85,38 +85,53 @@ pub fn read_saved(path: &Path) -> Result<Vec<Value>, String> {
 /// Creates what is missing of `objects` (Ledgers, Customers, Orders; anything else is
 /// skipped), then puts back their saved statuses.
 pub async fn restore(client: &Client, objects: &[Value]) -> Result<Report, String> {
+    let ledgers: Vec<Ledger> = of_kind(objects, "Ledger")?;
+    let customers: Vec<Customer> = of_kind(objects, "Customer")?;
+    let orders: Vec<Order> = of_kind(objects, "Order")?;
     let mut report = Report::default();
-    let of_kind = |kind: &'static str| {
-        objects
-            .iter()
-            .filter(move |o| o.get("kind").and_then(Value::as_str) == Some(kind))
-    };
-    for object in of_kind("Ledger") {
-        let saved: Ledger = parse(object)?;
-        let outcome = create(client, &saved).await?;
-        report.add("ledgers", outcome, || describe(&saved, outcome));
+    // A customer never counted without its Ledger; orders last.
+    create_all(client, &ledgers, "ledgers", &mut report).await?;
+    create_all(client, &customers, "customers", &mut report).await?;
+    create_all(client, &orders, "orders", &mut report).await?;
+    for saved in &customers {
+        let outcome = restore_customer(client, saved).await?;
+        report.add("customer statuses", outcome, || describe(saved, outcome));
     }
-    for object in of_kind("Customer") {
-        let saved: Customer = parse(object)?;
-        let outcome = create(client, &saved).await?;
-        report.add("customers", outcome, || describe(&saved, outcome));
-    }
-    for object in of_kind("Order") {
-        let saved: Order = parse(object)?;
-        let outcome = create(client, &saved).await?;
-        report.add("orders", outcome, || describe(&saved, outcome));
-    }
-    for object in of_kind("Customer") {
-        let saved: Customer = parse(object)?;
-        let outcome = restore_customer(client, &saved).await?;
-        report.add("customer statuses", outcome, || describe(&saved, outcome));
-    }
-    for object in of_kind("Order") {
-        let saved: Order = parse(object)?;
-        let outcome = restore_order(client, &saved).await?;
-        report.add("order snapshots", outcome, || describe(&saved, outcome));
+    for saved in &orders {
+        let outcome = restore_order(client, saved).await?;
+        report.add("order snapshots", outcome, || describe(saved, outcome));
     }
     Ok(report)
+}
+
+/// The objects of `kind` among `objects`, parsed (once).
+fn of_kind<K: DeserializeOwned>(objects: &[Value], kind: &str) -> Result<Vec<K>, String> {
+    objects
+        .iter()
+        .filter(|o| o.get("kind").and_then(Value::as_str) == Some(kind))
+        .map(parse)
+        .collect()
+}
+
+/// Creates each of `saved` that is missing, counting the outcomes under `what`.
+async fn create_all<K>(
+    client: &Client,
+    saved: &[K],
+    what: &'static str,
+    report: &mut Report,
+) -> Result<(), String>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    for object in saved {
+        let outcome = create(client, object).await?;
+        report.add(what, outcome, || describe(object, outcome));
+    }
+    Ok(())
 }
 
 /// Creates `saved` as it was, less what the API server sets, unless it exists.

@@ -53,6 +53,20 @@ impl Replica {
 }
 
 /// Polls every 100ms until `replica` reports `reserve_leader 1`; returns how long that took.
+/// A standby is ready (to take over) and says so.
+async fn ready_as_standby(standby: &Replica) {
+    let (code, body) = standby
+        .process
+        .probe()
+        .get("/readyz")
+        .await
+        .expect("/readyz");
+    assert!(
+        code == 200 && body.contains("standby"),
+        "standby /readyz: {code} {body}"
+    );
+}
+
 async fn time_to_lead(replica: &Replica, since: Instant, limit: Duration) -> Duration {
     loop {
         if replica.leading().await == Some(true) {
@@ -125,17 +139,7 @@ async fn two_replicas_hand_over_on_sigkill_and_sigterm() {
     let (mut leader, mut standby) = if first == 0 { (a, b) } else { (b, a) };
     eprintln!("first leader: {}", leader.name);
 
-    // The standby is ready (to take over) and says so.
-    let (code, body) = standby
-        .process
-        .probe()
-        .get("/readyz")
-        .await
-        .expect("/readyz");
-    assert!(
-        code == 200 && body.contains("standby"),
-        "standby /readyz: {code} {body}"
-    );
+    ready_as_standby(&standby).await;
     let (code, _) = standby
         .process
         .probe()
@@ -212,16 +216,7 @@ async fn two_replicas_hand_over_on_sigkill_and_sigterm() {
         steady, 0,
         "the restarted replica took the Lease from a live leader"
     );
-    let (code, body) = standby
-        .process
-        .probe()
-        .get("/readyz")
-        .await
-        .expect("/readyz");
-    assert!(
-        code == 200 && body.contains("standby"),
-        "standby /readyz: {code} {body}"
-    );
+    ready_as_standby(&standby).await;
 
     // SIGTERM the leader: it releases the Lease and the standby takes over at once.
     let termed = Instant::now();
