@@ -12,9 +12,9 @@ use tracing::{debug, info, warn};
 use super::{
     conditions::{self, Observation},
     context::Context,
+    error::Outcome,
     index::{self, CustomerKey, Index},
     restore,
-    term::Outcome,
 };
 use crate::{
     crd::{Customer, CustomerStatus, READY, SettledHistory},

@@ -6,6 +6,10 @@ use thiserror::Error;
 /// Lease is on its way).
 const WITHHELD_RETRY: Duration = Duration::from_millis(500);
 
+/// What one reconcile comes to: Ok(None) when it is done until something changes, Ok(Some(wait))
+/// to look again after `wait` (a restore's hold, a customer's pace), or the error it failed with.
+pub type Outcome = Result<Option<Duration>, Error>;
+
 /// Why a reconcile failed. The controller retries with backoff; the variant names the
 /// `error` label of the `reserve_reconcile_errors_total` metric.
 #[derive(Debug, Error)]

@@ -1,6 +1,6 @@
 //! What the operator keeps per object of a reconciled kind, in one table: the status write
-//! whose watch event has not arrived yet ([`status`](super::status)), the failures in a row
-//! (the backoff) and the write budget (the [`pacer`](super::pacer)). An entry that holds
+//! whose watch event has not arrived yet (see the status writer), the failures in a row (the
+//! backoff) and the write budget (the pacer's bucket). An entry that holds
 //! nothing is dropped; a deleted object's entry is forgotten in one call.
 
 use std::{

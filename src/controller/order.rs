@@ -13,10 +13,10 @@ use tracing::{debug, warn};
 use super::{
     conditions::{self, Observation},
     context::Context,
+    error::Outcome,
     index::{Index, OrderFacts, OrderKey},
     restore,
     seen::SeenStatus,
-    term::Outcome,
 };
 use crate::{
     crd::{CUSTOMER_FOUND, Order, OrderStatus, READY},

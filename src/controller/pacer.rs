@@ -1,5 +1,5 @@
 //! How often one customer's status is written: a token bucket per customer, kept in the
-//! customer's entry of the [`Objects`](super::objects::Objects) table.
+//! customer's entry of the per-object table.
 //!
 //! A change is written at once while the customer's bucket has a token, so a customer whose
 //! orders change now and then is fresh within one write's time. A busy customer spends its

@@ -13,13 +13,9 @@ use kube::{Resource, runtime::reflector::ObjectRef};
 use tracing::{Instrument, debug, info, info_span};
 
 use super::{
-    CONCURRENCY, Caches, RESYNC, context::Context, context::Kind, customer, error::Error,
+    CONCURRENCY, Caches, RESYNC, context::Context, context::Kind, customer, error::Outcome,
     feed::Wakes, order, queue, settlement, watches,
 };
-
-/// What one reconcile comes to: Ok(None) when it is done until something changes, Ok(Some(wait))
-/// to look again after `wait` (a restore's hold, a customer's pace), or the error it failed with.
-pub type Outcome = Result<Option<Duration>, Error>;
 
 /// Runs one reconcile of `key` (in a span naming it) and turns its outcome into when to run it
 /// again: a success clears the key's backoff; a failure is reported and retried after what its
@@ -126,7 +122,7 @@ pub async fn lead(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::fixtures;
+    use crate::controller::{error::Error, fixtures};
 
     fn between(delay: Option<Duration>, low: u64, high: u64) -> bool {
         delay.is_some_and(|d| d >= Duration::from_millis(low) && d < Duration::from_millis(high))

@@ -10,10 +10,9 @@ use serde_json::json;
 
 use super::super::{
     Context, customer,
-    error::ErrorKind,
+    error::{ErrorKind, Outcome},
     fixtures::{self, ApiServer, Exchange, written_customer},
     restore,
-    term::Outcome,
 };
 use crate::{
     crd::{Customer, CustomerSpec, Order, OrderSpec, OrderState},
