@@ -6,7 +6,7 @@
 
 use std::{fmt, str::FromStr};
 
-use crate::crd::OrderState;
+use crate::crd::{LedgerSpec, OrderState};
 
 /// The level an order reports while its customer does not exist. Reserved: no policy may use it.
 pub const MISSING_CUSTOMER_LEVEL: &str = "Iron";
@@ -198,6 +198,16 @@ impl Tally {
             tally.count(state, quantity);
         }
         tally
+    }
+
+    /// What a Ledger says its settled orders add up to (absorbed ones among them).
+    pub fn settled_in(ledger: &LedgerSpec) -> Self {
+        Tally {
+            score: ledger.score,
+            completed: ledger.completed_orders,
+            canceled: ledger.canceled_orders,
+            open: 0,
+        }
     }
 
     /// This tally and `other` together.

@@ -381,12 +381,7 @@ impl Index {
         ListedLedger {
             key: CustomerKey::new(ledger.namespace().unwrap_or_default(), ledger.name_any()),
             facts: LedgerFacts {
-                settled: Tally {
-                    score: ledger.spec.score,
-                    completed: ledger.spec.completed_orders,
-                    canceled: ledger.spec.canceled_orders,
-                    open: 0,
-                },
+                settled: Tally::settled_in(&ledger.spec),
                 absorbed: ledger
                     .spec
                     .absorbed
@@ -473,34 +468,36 @@ impl Index {
                 .filter(|(name, _)| Some(*name) != without)
                 .map(|(_, facts)| (facts.state, facts.quantity)),
         );
-        let Some(ledger) = self.ledgers.get(key) else {
-            return match self.settled_history_missing(key) {
+        match self.ledgers.get(key) {
+            Some(ledger) => self.ledger_part(key, ledger, without).plus(live),
+            None => match self.settled_history_missing(key) {
                 Some(last_seen) => live.plus(last_seen),
                 None => live,
-            };
-        };
-        let absorbed =
-            |(_, _, state, quantity): &(String, u64, OrderState, i64)| (*state, *quantity);
-        let gone = ledger.absorbed.iter().filter(|(name, uid, ..)| {
-            Some(name.as_str()) != without && !self.holds(key, name, *uid)
-        });
-        ledger
-            .settled
-            .minus(Tally::of(ledger.absorbed.iter().map(absorbed)))
-            .plus(live)
-            .plus(Tally::of(gone.map(absorbed)))
+            },
+        }
     }
 
     /// What the customer's Ledger adds to its tally: its settled orders, less those absorbed
     /// that still exist (they count as they are now). None without a Ledger.
     pub fn settled_of(&self, key: &CustomerKey) -> Option<Tally> {
         let ledger = self.ledgers.get(key)?;
-        let still_live = ledger
-            .absorbed
-            .iter()
-            .filter(|(name, uid, ..)| self.holds(key, name, *uid))
-            .map(|(_, _, state, quantity)| (*state, *quantity));
-        Some(ledger.settled.minus(Tally::of(still_live)))
+        Some(self.ledger_part(key, ledger, None))
+    }
+
+    /// The one accounting rule of a Ledger: what it settled, less every order absorbed in it,
+    /// plus those absorbed that are gone already (as the Ledger counted them), leaving out the
+    /// order named `without` if any. An absorbed order that still exists counts with the live
+    /// orders instead, as it is now.
+    fn ledger_part(&self, key: &CustomerKey, ledger: &LedgerFacts, without: Option<&str>) -> Tally {
+        let counted =
+            |(_, _, state, quantity): &(String, u64, OrderState, i64)| (*state, *quantity);
+        let gone = ledger.absorbed.iter().filter(|(name, uid, ..)| {
+            Some(name.as_str()) != without && !self.holds(key, name, *uid)
+        });
+        ledger
+            .settled
+            .minus(Tally::of(ledger.absorbed.iter().map(counted)))
+            .plus(Tally::of(gone.map(counted)))
     }
 
     /// The settled history the customer's status last showed, when its Ledger is missing: it

@@ -59,20 +59,11 @@ fn with_tally(mut spec: LedgerSpec, tally: Tally) -> LedgerSpec {
     spec
 }
 
-fn settled(spec: &LedgerSpec) -> Tally {
-    Tally {
-        score: spec.score,
-        completed: spec.completed_orders,
-        canceled: spec.canceled_orders,
-        open: 0,
-    }
-}
-
 /// The ledger with `orders` absorbed: counted, and listed until their deletion is seen.
 pub fn absorb(spec: &LedgerSpec, orders: &[AbsorbedOrder]) -> LedgerSpec {
     let mut next = spec.clone();
     next.absorbed.extend_from_slice(orders);
-    with_tally(next, settled(spec).plus(tally(orders)))
+    with_tally(next, Tally::settled_in(spec).plus(tally(orders)))
 }
 
 /// The ledger without the absorbed orders `gone` (deleted: their contribution stays) and
@@ -86,7 +77,7 @@ pub fn release(spec: &LedgerSpec, gone: &[String], given_back: &[String]) -> Led
         .partition(|a| given_back.contains(&a.uid));
     let mut next = spec.clone();
     next.absorbed = kept;
-    with_tally(next, settled(spec).minus(tally(&back)))
+    with_tally(next, Tally::settled_in(spec).minus(tally(&back)))
 }
 
 #[cfg(test)]
