@@ -322,6 +322,106 @@ mod tests {
         sent.await.unwrap().expect("the first try had landed");
     }
 
+    /// Takes the next request: its method, path and body; answers `code` with `body` (a
+    /// Status for anything but 2xx).
+    async fn expect(
+        handle: &mut Handle,
+        code: u16,
+        body: impl FnOnce(&serde_json::Value) -> serde_json::Value,
+    ) -> (http::Method, String, serde_json::Value) {
+        let (request, respond) = handle.next_request().await.expect("a request");
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let sent = http_body_util::BodyExt::collect(request.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let sent: serde_json::Value = serde_json::from_slice(&sent).unwrap_or_default();
+        let answer = if code < 300 {
+            body(&sent)
+        } else {
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "message": "failed", "code": code})
+        };
+        let response = Response::builder()
+            .status(code)
+            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+            .unwrap();
+        respond.send_response(response);
+        (method, path, sent)
+    }
+
+    /// The Event `sent` as the API server stores it, at `version` with `count` occurrences.
+    fn stored(sent: &serde_json::Value, version: &str, count: i32) -> serde_json::Value {
+        let mut event = sent.clone();
+        event["metadata"]["resourceVersion"] = json!(version);
+        if count > 1 {
+            event["series"] =
+                json!({"count": count, "lastObservedTime": "2026-12-02T00:00:00.000000Z"});
+        }
+        event
+    }
+
+    #[tokio::test]
+    async fn a_series_is_one_event_whose_count_grows_on_its_own_version() {
+        use http::Method;
+        const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
+        let (events, mut handle) = publisher();
+        let events = std::sync::Arc::new(events);
+        let publish = || {
+            let events = events.clone();
+            tokio::spawn(async move { events.publish_series("settled", note(), regarding()).await })
+        };
+        let named = format!("{EVENTS}/alice.settled");
+
+        // The first occurrence creates it.
+        let sent = publish();
+        let (method, path, body) = expect(&mut handle, 201, |e| stored(e, "1", 1)).await;
+        assert_eq!((method, path.as_str()), (Method::POST, EVENTS));
+        assert_eq!(body["metadata"]["name"], "alice.settled");
+        sent.await.unwrap().expect("created");
+
+        // The next counts on the version it wrote.
+        let sent = publish();
+        let (method, path, body) = expect(&mut handle, 200, |e| stored(e, "2", 2)).await;
+        assert_eq!((method, path.as_str()), (Method::PATCH, named.as_str()));
+        assert_eq!(body["metadata"]["resourceVersion"], "1");
+        assert_eq!(body["series"]["count"], 2);
+        sent.await.unwrap().expect("counted");
+
+        // Someone else changed it (409): create, find it exists, count on what is there.
+        let sent = publish();
+        let (_, _, body) = expect(&mut handle, 409, |_| json!({})).await;
+        assert_eq!(body["metadata"]["resourceVersion"], "2");
+        let (method, _, _) = expect(&mut handle, 409, |_| json!({})).await;
+        assert_eq!(method, Method::POST);
+        let (method, path, _) = expect(&mut handle, 200, |_| {
+            json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                   "metadata": {"name": "alice.settled", "namespace": "ns", "resourceVersion": "9"},
+                   "eventTime": "2026-12-02T00:00:00.000000Z",
+                   "series": {"count": 5, "lastObservedTime": "2026-12-02T00:00:00.000000Z"}})
+        })
+        .await;
+        assert_eq!((method, path.as_str()), (Method::GET, named.as_str()));
+        let (method, _, body) = expect(&mut handle, 200, |e| stored(e, "10", 6)).await;
+        assert_eq!(method, Method::PATCH);
+        assert_eq!(
+            (
+                &body["metadata"]["resourceVersion"],
+                &body["series"]["count"]
+            ),
+            (&json!("9"), &json!(6))
+        );
+        sent.await.unwrap().expect("counted on what was there");
+
+        // Gone meanwhile (404 on the count): created anew.
+        let sent = publish();
+        let (_, _, body) = expect(&mut handle, 404, |_| json!({})).await;
+        assert_eq!(body["metadata"]["resourceVersion"], "10");
+        let (method, path, _) = expect(&mut handle, 201, |e| stored(e, "11", 1)).await;
+        assert_eq!((method, path.as_str()), (Method::POST, EVENTS));
+        sent.await.unwrap().expect("created again");
+    }
+
     #[test]
     fn event_names_fit_for_the_longest_object_names() {
         let now = Timestamp::from_second(1_800_000_000).unwrap();
