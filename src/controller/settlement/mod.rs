@@ -26,6 +26,8 @@
 //! Flux or Helm marks): deleted, a GitOps tool would create it again as a new order.
 
 mod rules;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::{BTreeMap, HashMap},
