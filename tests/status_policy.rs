@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 use kube::{
     Api,
     api::{Patch, PatchParams},
+    core::object::HasStatus,
 };
 use reserve_operator::{
     crd::{Customer, Order, OrderState},
     loyalty::LevelPolicy,
 };
-use reserve_testkit::{ControlPlane, Shop, control_plane::text, eventually};
+use reserve_testkit::{ControlPlane, Shop, control_plane::text, eventually, until};
 use serde_json::json;
 use tokio::sync::RwLock;
 
@@ -128,25 +129,24 @@ impl Drop for RestoreBinding {
     }
 }
 
-/// Polls until `check` holds; returns how long that took from `since`.
-async fn repaired<T>(
+/// Watches `name` until its status satisfies `check`; returns how long that took from `since`.
+async fn repaired<K>(
     since: Instant,
+    api: &Api<K>,
+    name: &str,
     what: &str,
-    mut get: impl AsyncFnMut() -> Option<T>,
-    check: impl Fn(&T) -> bool,
-) -> Duration {
-    loop {
-        if let Some(value) = get().await
-            && check(&value)
-        {
-            return since.elapsed();
-        }
-        assert!(
-            since.elapsed() < Duration::from_secs(10),
-            "{what} was not repaired within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    check: impl Fn(&K::Status) -> bool,
+) -> Duration
+where
+    K: kube::Resource + HasStatus + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Send + 'static,
+{
+    let what = format!("{what} repaired");
+    until(api, name, Duration::from_secs(10), &what, |object| {
+        object.status().is_some_and(&check)
+    })
+    .await;
+    since.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -199,12 +199,9 @@ async fn forged_statuses_are_repaired_within_two_seconds() {
     .unwrap();
     times.push((
         "customer score and level",
-        repaired(
-            forged,
-            "the customer's status",
-            async || customers.get("bob").await.ok()?.status,
-            |s| s.score == 4 && s.level.as_deref() == Some("Bronze"),
-        )
+        repaired(forged, &customers, "bob", "the customer's status", |s| {
+            s.score == 4 && s.level.as_deref() == Some("Bronze")
+        })
         .await,
     ));
 
@@ -215,12 +212,9 @@ async fn forged_statuses_are_repaired_within_two_seconds() {
         .unwrap();
     times.push((
         "order phase Requested -> Completed",
-        repaired(
-            forged,
-            "the order's phase",
-            async || orders.get("waiting").await.ok()?.status,
-            |s| s.phase == Some(OrderState::Requested),
-        )
+        repaired(forged, &orders, "waiting", "the order's phase", |s| {
+            s.phase == Some(OrderState::Requested)
+        })
         .await,
     ));
     let forged = Instant::now();
@@ -229,12 +223,9 @@ async fn forged_statuses_are_repaired_within_two_seconds() {
         .unwrap();
     times.push((
         "order phase Completed -> Canceled",
-        repaired(
-            forged,
-            "the order's phase",
-            async || orders.get("done").await.ok()?.status,
-            |s| s.phase == Some(OrderState::Completed),
-        )
+        repaired(forged, &orders, "done", "the order's phase", |s| {
+            s.phase == Some(OrderState::Completed)
+        })
         .await,
     ));
 
@@ -245,12 +236,9 @@ async fn forged_statuses_are_repaired_within_two_seconds() {
         .unwrap();
     times.push((
         "order customerLevel",
-        repaired(
-            forged,
-            "the order's snapshot",
-            async || orders.get("done").await.ok()?.status,
-            |s| s.customer_level.as_deref() == Some("Bronze"),
-        )
+        repaired(forged, &orders, "done", "the order's snapshot", |s| {
+            s.customer_level.as_deref() == Some("Bronze")
+        })
         .await,
     ));
 

@@ -18,6 +18,7 @@ pub mod shop;
 pub mod tools;
 pub mod velero;
 pub mod view;
+mod wait;
 pub mod workload;
 
 pub use control_plane::{AuditMode, ControlPlane, Options};
@@ -26,24 +27,4 @@ pub use probe::{Metrics, Probe};
 pub use process::{Lifetime, Proc, free_port, watchdog};
 pub use rbac::Identity;
 pub use shop::Shop;
-
-use std::{future::Future, time::Duration};
-
-/// Polls `f` every 100 ms until it returns `Some`, and returns that; panics naming `what` after
-/// `timeout`.
-pub async fn eventually<F, Fut, T>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+pub use wait::{eventually, until};

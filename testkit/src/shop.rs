@@ -20,9 +20,9 @@ use reserve_operator::{
 use serde_json::json;
 
 use crate::{
-    ControlPlane, Identity, eventually, fixtures,
+    ControlPlane, Identity, fixtures,
     operator::{InProcessOperator, Launch, OperatorProcess},
-    rbac,
+    rbac, until,
     view::{self, View},
 };
 
@@ -252,21 +252,12 @@ impl Shop {
         what: &str,
         check: impl Fn(&CustomerStatus) -> bool,
     ) -> CustomerStatus {
-        let api = self.customers();
-        let found = tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(status) = api.get(name).await.ok().and_then(|c| c.status)
-                    && check(&status)
-                {
-                    return status;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        let what = format!("customer {name}: {what}");
+        let found = until(&self.customers(), name, WAIT, &what, |c| {
+            c.status.as_ref().is_some_and(&check)
         })
         .await;
-        found.unwrap_or_else(|_| {
-            panic!("timed out waiting for customer {name}: {what}");
-        })
+        found.status.expect("checked")
     }
 
     /// Waits until the order's status satisfies `check`.
@@ -276,14 +267,12 @@ impl Shop {
         what: &str,
         check: impl Fn(&OrderStatus) -> bool,
     ) -> OrderStatus {
-        let api = self.orders();
         let what = format!("order {name}: {what}");
-        eventually(WAIT, &what, || {
-            let api = api.clone();
-            let check = &check;
-            async move { api.get(name).await.ok()?.status.filter(|s| check(s)) }
+        let found = until(&self.orders(), name, WAIT, &what, |o| {
+            o.status.as_ref().is_some_and(&check)
         })
-        .await
+        .await;
+        found.status.expect("checked")
     }
 
     /// Events of this namespace as (reason, object name, note, reporting instance), oldest first.
