@@ -113,20 +113,32 @@ fn of_kind<K: DeserializeOwned>(objects: &[Value], kind: &str) -> Result<Vec<K>,
         .collect()
 }
 
-/// Creates each of `saved` that is missing, counting the outcomes under `what`.
-async fn create_all<K>(
-    client: &Client,
-    saved: &[K],
-    what: &'static str,
-    report: &mut Report,
-) -> Result<(), String>
-where
+/// What `reserve-operator restore` can create: a namespaced object as saved.
+trait Saved:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::Serialize
+    + DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Saved for K where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + serde::Serialize
         + DeserializeOwned
-        + std::fmt::Debug,
+        + std::fmt::Debug
 {
+}
+
+/// Creates each of `saved` that is missing, counting the outcomes under `what`.
+async fn create_all<K: Saved>(
+    client: &Client,
+    saved: &[K],
+    what: &'static str,
+    report: &mut Report,
+) -> Result<(), String> {
     for object in saved {
         let outcome = create(client, object).await?;
         report.add(what, outcome, || describe(object, outcome));
@@ -135,14 +147,7 @@ where
 }
 
 /// Creates `saved` as it was, less what the API server sets, unless it exists.
-async fn create<K>(client: &Client, saved: &K) -> Result<Outcome, String>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
+async fn create<K: Saved>(client: &Client, saved: &K) -> Result<Outcome, String> {
     let mut object = saved.clone();
     let meta = object.meta_mut();
     for cleared in [

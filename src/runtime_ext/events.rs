@@ -267,26 +267,10 @@ mod tests {
         }
     }
 
-    /// Answers the next request with `code`; returns the name of the Event it created.
+    /// Answers the next request (a POST) with `code`; returns the name of the Event it created.
     async fn answer(handle: &mut Handle, code: u16) -> String {
-        let (request, respond) = handle.next_request().await.expect("a request");
-        assert_eq!(request.method(), http::Method::POST);
-        let body = http_body_util::BodyExt::collect(request.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let answer = if code == 201 {
-            event.clone()
-        } else {
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                   "message": "failed", "code": code})
-        };
-        let response = Response::builder()
-            .status(code)
-            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-            .unwrap();
-        respond.send_response(response);
+        let (method, _, event) = expect(handle, code, |event| event.clone()).await;
+        assert_eq!(method, http::Method::POST);
         event["metadata"]["name"].as_str().unwrap().to_owned()
     }
 
