@@ -9,14 +9,14 @@ use std::{
 use kube::{Client, Resource, runtime::reflector::ObjectRef};
 
 use super::{
-    Error, Triggers,
-    error::ErrorKind,
+    error::{Error, ErrorKind},
     freshness::Freshness,
     index::Index,
     objects::Objects,
     pacer,
     readiness::Readiness,
     status::{FIELD_MANAGER, Guards, StatusWriter},
+    triggers::Triggers,
 };
 use crate::{
     crd::{Customer, CustomerStatus, Order, OrderStatus},
@@ -50,7 +50,7 @@ where
             + Clone
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
-        S: Clone + serde::Serialize,
+        S: Clone + serde::Serialize + schemars::JsonSchema,
     {
         let objects = Arc::<Objects<K, S>>::default();
         Self {

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use super::{
-    Context,
+    context::Context,
     index::{Index, ListedCustomer, ListedLedger, ListedOrder, OrderKey},
     readiness::Watched,
     restore,

@@ -45,8 +45,6 @@ mod tests;
 mod triggers;
 mod watches;
 
-use std::time::Duration;
-
 pub use collectors::{CustomersPerLevel, LedgerCounts};
 pub use context::Context;
 pub use error::{Error, METRIC_LABELS};
@@ -54,14 +52,6 @@ pub use feed::Wakes;
 pub use index::{Index, OrderKey};
 pub use readiness::{Readiness, ReadyCollector};
 pub use status::FIELD_MANAGER;
-pub use term::lead;
+pub use term::{CONCURRENCY, RESYNC, lead};
 pub use triggers::Triggers;
 pub use watches::{CacheWriters, Caches, Watches, caches, watch};
-
-/// Every object is looked at again this often, as a backstop: changes made by anyone else wake
-/// a reconcile at once. One sweep per term, not one timer per object, so memory does not grow
-/// with a scheduled entry for every object.
-pub const RESYNC: Duration = Duration::from_secs(600);
-
-/// Reconciles at once, per controller.
-pub const CONCURRENCY: u16 = 64;

@@ -13,9 +13,21 @@ use kube::{Resource, runtime::reflector::ObjectRef};
 use tracing::{Instrument, debug, info, info_span};
 
 use super::{
-    CONCURRENCY, Caches, RESYNC, context::Context, context::Kind, customer, error::Outcome,
-    feed::Wakes, order, queue, settlement, watches,
+    context::{Context, Kind},
+    customer,
+    error::Outcome,
+    feed::Wakes,
+    order, queue, settlement,
+    watches::{self, Caches},
 };
+
+/// Every object is looked at again this often, as a backstop: changes made by anyone else wake
+/// a reconcile at once. One sweep per term, not one timer per object, so memory does not grow
+/// with a scheduled entry for every object.
+pub const RESYNC: Duration = Duration::from_secs(600);
+
+/// Reconciles at once, per controller.
+pub const CONCURRENCY: u16 = 64;
 
 /// Runs one reconcile of `key` (in a span naming it) and turns its outcome into when to run it
 /// again: a success clears the key's backoff; a failure is reported and retried after what its

@@ -16,7 +16,7 @@ use kube::{
 use tracing::{debug, warn};
 
 use super::{
-    Context,
+    context::Context,
     feed::{self, Wakes},
     freshness,
     index::{Index, OrderKey},

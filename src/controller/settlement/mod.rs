@@ -47,7 +47,7 @@ use tracing::{error, info, warn};
 use rules::entry;
 pub use rules::{absorb, is_due, release};
 
-use super::{Caches, Context, index::CustomerKey, status::FIELD_MANAGER};
+use super::{context::Context, index::CustomerKey, status::FIELD_MANAGER, watches::Caches};
 use crate::{
     crd::{AbsorbedOrder, Ledger, LedgerSpec, Order, OrderState},
     runtime_ext::Note,
