@@ -10,7 +10,11 @@ use kube::{Client, client::Body};
 use serde_json::{Value, json};
 use tower_test::mock;
 
-use super::{Context, METRIC_LABELS, Readiness, readiness::Watched};
+use super::{
+    context::Context,
+    error::METRIC_LABELS,
+    readiness::{Readiness, Watched},
+};
 use crate::{leader::Fence, loyalty::LevelPolicy, metrics::Metrics};
 
 /// The API server side of a mock client.
@@ -49,6 +53,7 @@ pub struct Exchange {
     pub path: String,
     /// The query string, without `?` (empty if none).
     pub query: String,
+    pub content_type: String,
     pub body: Value,
     respond: mock::SendResponse<Response<Body>>,
 }
@@ -67,6 +72,12 @@ impl ApiServer {
             method: parts.method,
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().unwrap_or_default().to_owned(),
+            content_type: parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
             respond,
         }
@@ -113,6 +124,16 @@ impl Exchange {
     }
 }
 
+/// The status a merge patch in `exchange` leaves, as the API server stores it: a null removes
+/// the field.
+fn patched_status(exchange: &Exchange) -> Value {
+    let mut status = exchange.body["status"].clone();
+    if let Some(fields) = status.as_object_mut() {
+        fields.retain(|_, value| !value.is_null());
+    }
+    status
+}
+
 /// What the API server answers to a status write of an Order: the order at `version`.
 pub fn written_order(exchange: &Exchange, version: u64) -> Value {
     json!({
@@ -120,7 +141,7 @@ pub fn written_order(exchange: &Exchange, version: u64) -> Value {
         "metadata": { "name": exchange.name(), "namespace": namespace(exchange),
                       "resourceVersion": version.to_string() },
         "spec": { "customer": "-", "product": "-", "quantity": 1 },
-        "status": exchange.body["status"],
+        "status": patched_status(exchange),
     })
 }
 
@@ -131,7 +152,7 @@ pub fn written_customer(exchange: &Exchange, version: u64) -> Value {
         "metadata": { "name": exchange.name(), "namespace": namespace(exchange),
                       "resourceVersion": version.to_string() },
         "spec": {},
-        "status": exchange.body["status"],
+        "status": patched_status(exchange),
     })
 }
 

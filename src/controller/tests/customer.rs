@@ -65,9 +65,11 @@ async fn status_write(server: &mut ApiServer, version: &str) -> Exchange {
         (write.method.clone(), write.path.as_str()),
         (Method::PATCH, STATUS_PATH)
     );
+    assert_eq!(write.content_type, "application/merge-patch+json");
     assert!(
-        write.query.contains("fieldManager=reserve-operator") && write.query.contains("force=true"),
-        "server-side apply as the operator: {}",
+        write.query.contains("fieldManager=reserve-operator")
+            && write.query.contains("fieldValidation=Ignore"),
+        "a merge patch as the operator: {}",
         write.query
     );
     assert_eq!(
