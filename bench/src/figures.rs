@@ -103,8 +103,10 @@ pub struct Restart {
 }
 
 /// The freshness benchmark: a sustained rate of transitions and how stale statuses get.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Freshness {
+    /// The operator binary measured.
+    pub operator_binary: String,
     pub customers: usize,
     pub rate_per_second: f64,
     pub seconds: f64,
@@ -123,7 +125,74 @@ pub struct Freshness {
     /// Flood requests that were throttled (429) or failed.
     pub flood_requests: u64,
     pub flood_rejected: u64,
+    /// kube-apiserver's CPU over the run (100: one core).
+    pub apiserver_cpu_percent: f64,
     pub operator: OperatorFigures,
+}
+
+/// The highest rate at which customers stay fresh.
+pub const KNEE_P99_MS: f64 = 250.0;
+pub const KNEE_MAX_MS: f64 = 1_000.0;
+
+/// Per operator binary (and flood, and FlowSchema setting), the knee of a rate sweep: the
+/// highest rate whose customer p99 is at most 250 ms and max at most 1 s, with no transition
+/// missing (None: not even the lowest rate).
+#[derive(Clone, Debug, Serialize)]
+pub struct Knee {
+    pub operator_binary: String,
+    pub flowschema: bool,
+    pub flood_concurrency: usize,
+    pub rates: Vec<f64>,
+    pub knee_per_second: Option<f64>,
+}
+
+pub fn knees(runs: &[Freshness]) -> Vec<Knee> {
+    let mut groups: Vec<(Knee, Vec<(f64, bool)>)> = Vec::new();
+    for run in runs {
+        let fresh = run.customer.p99_ms <= KNEE_P99_MS
+            && run.customer.max_ms <= KNEE_MAX_MS
+            && run.customer.missing == 0;
+        let key = (
+            run.operator_binary.as_str(),
+            run.flowschema,
+            run.flood_concurrency,
+        );
+        let at = groups.iter().position(|(k, _)| {
+            (
+                k.operator_binary.as_str(),
+                k.flowschema,
+                k.flood_concurrency,
+            ) == key
+        });
+        let at = at.unwrap_or_else(|| {
+            groups.push((
+                Knee {
+                    operator_binary: run.operator_binary.clone(),
+                    flowschema: run.flowschema,
+                    flood_concurrency: run.flood_concurrency,
+                    rates: Vec::new(),
+                    knee_per_second: None,
+                },
+                Vec::new(),
+            ));
+            groups.len() - 1
+        });
+        groups[at].1.push((run.rate_per_second, fresh));
+    }
+    groups
+        .into_iter()
+        .map(|(mut knee, mut runs)| {
+            runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            knee.rates = runs.iter().map(|(rate, _)| *rate).collect();
+            // Fresh at every rate up to it: a lucky run past the knee does not count.
+            knee.knee_per_second = runs
+                .iter()
+                .take_while(|(_, fresh)| *fresh)
+                .last()
+                .map(|(rate, _)| *rate);
+            knee
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -293,6 +362,7 @@ pub struct Summary {
     pub rss_growth: Vec<Growth>,
     pub cpu_microseconds_per_reconcile_max_over_min: Option<f64>,
     pub freshness: Vec<Freshness>,
+    pub knees: Vec<Knee>,
     pub settlement: Option<SettlementRun>,
     pub targets: Vec<Target>,
 }
@@ -300,6 +370,52 @@ pub struct Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(binary: &str, rate: f64, p99_ms: f64, max_ms: f64) -> Freshness {
+        Freshness {
+            operator_binary: binary.into(),
+            rate_per_second: rate,
+            customer: Latency {
+                samples: 100,
+                p99_ms,
+                max_ms,
+                ..Latency::default()
+            },
+            ..Freshness::default()
+        }
+    }
+
+    #[test]
+    fn the_knee_is_the_highest_rate_fresh_at_every_rate_below() {
+        let runs = [
+            run("old", 50.0, 20.0, 90.0),
+            run("new", 50.0, 10.0, 50.0),
+            run("old", 100.0, 130.0, 1_500.0),
+            run("new", 100.0, 90.0, 200.0),
+            run("old", 150.0, 100.0, 300.0),
+            run("new", 150.0, 5_000.0, 9_000.0),
+            run("new", 200.0, 100.0, 300.0),
+        ];
+        let knees = knees(&runs);
+        let of = |binary: &str| {
+            knees
+                .iter()
+                .find(|k| k.operator_binary == binary)
+                .unwrap()
+                .knee_per_second
+        };
+        assert_eq!(of("old"), Some(50.0), "a max over 1 s is past the knee");
+        assert_eq!(
+            of("new"),
+            Some(100.0),
+            "a lucky run past the knee does not count"
+        );
+        assert_eq!(knees[1].rates, [50.0, 100.0, 150.0, 200.0]);
+        assert_eq!(
+            self::knees(&[run("x", 50.0, 300.0, 400.0)])[0].knee_per_second,
+            None
+        );
+    }
 
     #[test]
     fn percentiles_come_from_the_sorted_samples() {

@@ -103,6 +103,13 @@ pub async fn run(ctx: &Context, flood: usize) -> Result<Freshness, String> {
     let mut rng = Rng::new(ctx.seed);
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / ctx.rate));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let apiserver = ctx.cp.pids().1;
+    let apiserver_cpu = move || {
+        apiserver
+            .and_then(reserve_testkit::process::ProcStats::of)
+            .map_or(0.0, |s| s.cpu_seconds)
+    };
+    let apiserver_before = apiserver_cpu();
     let started = Instant::now();
     let mut in_flight = futures::stream::FuturesUnordered::new();
     let mut transitions = 0usize;
@@ -128,6 +135,7 @@ pub async fn run(ctx: &Context, flood: usize) -> Result<Freshness, String> {
         result?;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let apiserver_cpu_percent = (apiserver_cpu() - apiserver_before) / seconds * 100.0;
     tokio::time::sleep(DRAIN).await;
     for watch in watches {
         watch.abort();
@@ -153,10 +161,11 @@ pub async fn run(ctx: &Context, flood: usize) -> Result<Freshness, String> {
     let order_writes = after.status_writes_order - before.status_writes_order;
     let customer_writes = after.status_writes_customer - before.status_writes_customer;
     say(format!(
-        "  freshness (flood {flood}): {transitions} transitions in {seconds:.1}s; customer p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; order p99 {:.0} ms",
+        "  freshness (flood {flood}): {transitions} transitions in {seconds:.1}s; customer p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; order p99 {:.0} ms; kube-apiserver CPU {apiserver_cpu_percent:.0}%",
         customer.p50_ms, customer.p99_ms, customer.max_ms, order.p99_ms
     ));
     Ok(Freshness {
+        operator_binary: ctx.operator_bin.display().to_string(),
         customers,
         rate_per_second: ctx.rate,
         seconds,
@@ -171,6 +180,7 @@ pub async fn run(ctx: &Context, flood: usize) -> Result<Freshness, String> {
         writes_per_transition: per(order_writes + customer_writes),
         flood_requests,
         flood_rejected,
+        apiserver_cpu_percent,
         operator: crate::figures::OperatorFigures {
             peak_rss_kib: stats.peak_rss_kib,
             rss_kib: stats.rss_kib,

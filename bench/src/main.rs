@@ -6,6 +6,7 @@
 //! reserve-bench --sweep                          # 1,000 / 5,000 / 20,000 orders
 //! reserve-bench --customers 10000 --orders 100000
 //! reserve-bench --skip-converge --freshness --rate 200 --seconds 60 --flood 0,256 --flowschema both
+//! reserve-bench --skip-converge --freshness --rate 50,100,150,200 --operator old,new   # the knee
 //! reserve-bench --skip-converge --settlement     # 200,000 orders over 10,000 customers, settled
 //! ```
 //!
@@ -72,9 +73,14 @@ struct Args {
     /// Also run the freshness benchmark.
     #[arg(long)]
     freshness: bool,
-    /// Freshness: order transitions per second.
-    #[arg(long, default_value_t = 200.0)]
-    rate: f64,
+    /// Freshness: order transitions per second; several comma-separated values make a sweep
+    /// (one control plane), which reports the knee.
+    #[arg(long, value_delimiter = ',', default_value = "200")]
+    rate: Vec<f64>,
+    /// Freshness: the operator binaries to measure, alternately at each rate (default: this
+    /// tree's release build).
+    #[arg(long, value_delimiter = ',')]
+    operator: Vec<PathBuf>,
     /// Freshness: how long, in seconds.
     #[arg(long, default_value_t = 60.0)]
     seconds: f64,
@@ -175,15 +181,25 @@ async fn run(args: Args) -> Result<(), String> {
         ([], false, _) => vec![20_000],
         (orders, _, _) => orders.to_vec(),
     };
-    if args.customers == 0 || args.concurrency == 0 || points.contains(&0) || args.rate <= 0.0 {
+    if args.customers == 0
+        || args.concurrency == 0
+        || points.contains(&0)
+        || args.rate.iter().any(|r| *r <= 0.0)
+    {
         return Err("--customers, --orders, --concurrency and --rate must be positive".into());
     }
     let operator_bin = target_dir().join("release/reserve-operator");
-    if !operator_bin.is_file() {
-        return Err(format!(
-            "{} is missing: cargo build --release --bin reserve-operator (make bench does)",
-            operator_bin.display()
-        ));
+    let binaries = match &args.operator[..] {
+        [] => vec![operator_bin.clone()],
+        given => given.to_vec(),
+    };
+    for binary in binaries.iter().chain([&operator_bin]) {
+        if !binary.is_file() {
+            return Err(format!(
+                "{} is missing: cargo build --release --bin reserve-operator (make bench does)",
+                binary.display()
+            ));
+        }
     }
     let out = target_dir().join("bench");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -211,7 +227,7 @@ async fn run(args: Args) -> Result<(), String> {
         operator_kubeconfig: cp.kubeconfig_as(&operator),
         operator_user: operator.user,
         client,
-        operator_bin,
+        operator_bin: operator_bin.clone(),
         out: out.clone(),
         customers: args.customers,
         concurrency: args.concurrency,
@@ -219,7 +235,7 @@ async fn run(args: Args) -> Result<(), String> {
         converge_timeout: args.converge_timeout,
         settle: args.settle,
         floor: !args.no_floor,
-        rate: args.rate,
+        rate: args.rate[0],
         seconds: args.seconds,
         flowschema: args.flowschema != FlowSchema::Off,
         cp,
@@ -247,16 +263,24 @@ async fn run(args: Args) -> Result<(), String> {
             flowschema(&ctx, with)?;
             ctx.flowschema = with;
             for &flood in &args.flood {
-                say(format!(
-                    "freshness: {}/s for {}s, FlowSchema {}, flood {flood}",
-                    args.rate,
-                    args.seconds,
-                    if with { "on" } else { "off" }
-                ));
-                fresh.push(freshness::run(&ctx, flood).await?);
+                for &rate in &args.rate {
+                    for binary in &binaries {
+                        ctx.rate = rate;
+                        ctx.operator_bin = binary.clone();
+                        say(format!(
+                            "freshness: {rate}/s for {}s, FlowSchema {}, flood {flood}, {}",
+                            args.seconds,
+                            if with { "on" } else { "off" },
+                            binary.display()
+                        ));
+                        fresh.push(freshness::run(&ctx, flood).await?);
+                    }
+                }
             }
         }
+        ctx.operator_bin = operator_bin;
     }
+    let knees = figures::knees(&fresh);
 
     let settled = if args.settlement {
         let settings = settlement::Settings {
@@ -303,6 +327,7 @@ async fn run(args: Args) -> Result<(), String> {
         rss_growth: growth,
         cpu_microseconds_per_reconcile_max_over_min: spread,
         freshness: fresh,
+        knees,
         settlement: settled,
         targets,
     };

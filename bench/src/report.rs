@@ -332,7 +332,8 @@ pub fn render(summary: &Summary) -> String {
     for run in &summary.freshness {
         let _ = writeln!(
             out,
-            "\nfreshness: {} transitions/s for {:.0} s over {} customers (achieved {:.1}/s), FlowSchema {}, flood {}:\n  customer status: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples, {} never shown)\n  order status:    p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  writes per transition: {:.2} ({:.2} order, {:.2} customer); flood requests {} ({} refused); operator CPU {:.1} s, peak RSS {:.1} MiB",
+            "\nfreshness ({}): {} transitions/s for {:.0} s over {} customers (achieved {:.1}/s), FlowSchema {}, flood {}:\n  customer status: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples, {} never shown)\n  order status:    p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  writes per transition: {:.2} ({:.2} order, {:.2} customer); flood requests {} ({} refused); operator CPU {:.1} s, peak RSS {:.1} MiB; kube-apiserver CPU {:.0}%",
+            run.operator_binary,
             run.rate_per_second,
             run.seconds,
             run.customers,
@@ -354,6 +355,21 @@ pub fn render(summary: &Summary) -> String {
             run.flood_rejected,
             run.operator.cpu_seconds,
             run.operator.peak_rss_kib as f64 / 1024.0,
+            run.apiserver_cpu_percent,
+        );
+    }
+    for knee in &summary.knees {
+        let _ = writeln!(
+            out,
+            "\nknee ({}, FlowSchema {}, flood {}): {} (the highest rate of {:?}/s up to which customer p99 <= {} ms and max <= {} ms)",
+            knee.operator_binary,
+            if knee.flowschema { "on" } else { "off" },
+            knee.flood_concurrency,
+            knee.knee_per_second
+                .map_or("below every rate tried".into(), |k| format!("{k}/s")),
+            knee.rates,
+            crate::figures::KNEE_P99_MS,
+            crate::figures::KNEE_MAX_MS,
         );
     }
     if let Some(run) = &summary.settlement {
