@@ -61,11 +61,21 @@ impl Freshness {
         }
     }
 
-    /// The store's current version for `kind` is `current`: if the watch has shown a newer
-    /// one, the store went back; returns that newer version and has every watch list again.
-    pub fn check(&self, kind: Watched, current: &str) -> Option<u64> {
+    /// The newest version the watch of `kind` has shown: what a probe of the store's current
+    /// version, sent now, must not answer below.
+    pub fn seen(&self, kind: Watched) -> u64 {
+        self.seen[kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// The store's current version for `kind` is `current`, as read by a request sent when the
+    /// watch had shown `seen_before` ([`seen`](Self::seen)): if that is newer, the store went
+    /// back; returns it and has every watch list again. Only what was seen before the request
+    /// counts: under load the answer can arrive after watch events newer than it (the store
+    /// moved on meanwhile, it did not go back).
+    pub fn check(&self, kind: Watched, current: &str, seen_before: u64) -> Option<u64> {
         let current = current.parse::<u64>().ok()?;
-        let seen = self.seen[kind as usize].load(Ordering::Relaxed);
+        // A list started meanwhile counts from what it shows.
+        let seen = seen_before.min(self.seen(kind));
         if current >= seen {
             return None;
         }
@@ -196,14 +206,30 @@ mod tests {
         assert!(freshness.consistent());
         freshness.saw(Watched::Orders, "4057");
         freshness.saw(Watched::Orders, "3999");
-        assert_eq!(freshness.check(Watched::Orders, "4057"), None);
-        assert_eq!(freshness.check(Watched::Orders, "5000"), None, "moved on");
+        let seen = freshness.seen(Watched::Orders);
+        assert_eq!(freshness.check(Watched::Orders, "4057", seen), None);
+        assert_eq!(
+            freshness.check(Watched::Orders, "5000", seen),
+            None,
+            "moved on"
+        );
         assert_eq!(asked_to_relist(&freshness), []);
-        assert_eq!(freshness.check(Watched::Orders, "1943"), Some(4057));
+        // Sent at 4057, answered at 4100 after the watch showed 4200: the store moved on.
+        let before = freshness.seen(Watched::Orders);
+        freshness.saw(Watched::Orders, "4200");
+        assert_eq!(freshness.check(Watched::Orders, "4100", before), None);
+        assert_eq!(
+            asked_to_relist(&freshness),
+            [],
+            "an answer overtaken is no going back"
+        );
+        let seen = freshness.seen(Watched::Orders);
+        assert_eq!(freshness.check(Watched::Orders, "1943", seen), Some(4200));
         assert_eq!(asked_to_relist(&freshness), Watched::ALL);
         assert!(!freshness.consistent());
         // Forgotten: what the new lists show counts from here.
-        assert_eq!(freshness.check(Watched::Orders, "1943"), None);
+        let seen = freshness.seen(Watched::Orders);
+        assert_eq!(freshness.check(Watched::Orders, "1943", seen), None);
         for kind in Watched::ALL {
             freshness.list_starts(kind);
             assert_eq!(
@@ -216,7 +242,7 @@ mod tests {
         assert!(freshness.consistent());
         // Versions that are not numbers are not compared.
         freshness.saw(Watched::Ledgers, "abc");
-        assert_eq!(freshness.check(Watched::Ledgers, "xyz"), None);
+        assert_eq!(freshness.check(Watched::Ledgers, "xyz", 0), None);
     }
 
     #[test]

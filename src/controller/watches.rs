@@ -197,23 +197,16 @@ async fn check_freshness(client: Client, namespace: Option<String>, ctx: Arc<Con
                 None => {}
             }
         }
-        let current = [
-            (
-                Watched::Customers,
-                current_version(&api::<Customer>(&client, namespace)).await,
-            ),
-            (
-                Watched::Orders,
-                current_version(&api::<Order>(&client, namespace)).await,
-            ),
-            (
-                Watched::Ledgers,
-                current_version(&api::<Ledger>(&client, namespace)).await,
-            ),
-        ];
-        for (kind, version) in current {
+        for kind in Watched::ALL {
+            let seen_before = ctx.freshness.seen(kind);
+            let version = match kind {
+                Watched::Customers => current_version(&api::<Customer>(&client, namespace)).await,
+                Watched::Orders => current_version(&api::<Order>(&client, namespace)).await,
+                Watched::Ledgers => current_version(&api::<Ledger>(&client, namespace)).await,
+            };
             let Some(version) = version else { continue };
-            if let Some(seen) = ctx.freshness.check(kind, &version) {
+            if let Some(seen) = ctx.freshness.check(kind, &version, seen_before) {
+                warn!(?kind, %version, seen, "the store's version is below what the watch had shown");
                 ctx.readiness.went_back(kind, &version, seen);
             }
         }
