@@ -232,6 +232,32 @@ async fn transition(
     step: Step,
     (name, quantity): (String, i64),
 ) -> Result<(), String> {
+    // The tally after this transition is recorded before the write is sent: the operator may
+    // show it before the generator has read its answer (a status seen before the answer counts
+    // as shown at once), and a tally recorded only after the answer would miss that status and
+    // wait for the customer's next one.
+    let at = {
+        let mut histories = histories.lock().unwrap_or_else(|p| p.into_inner());
+        let history = histories.get_mut(customer).expect("a known customer");
+        let mut tally = history.tallies.last().copied().unwrap_or_default();
+        match step {
+            Step::Create => tally.open += 1,
+            Step::Complete => {
+                tally.open -= 1;
+                tally.completed += 1;
+                tally.score += quantity;
+            }
+            Step::Refund => {
+                tally.completed -= 1;
+                tally.canceled += 1;
+                tally.score -= quantity;
+            }
+        }
+        history.tallies.push(tally);
+        history.answered.push(Instant::now());
+        history.shown.push(None);
+        history.tallies.len() - 1
+    };
     let state = match step {
         Step::Create => {
             let object = fixtures::order(&name, customer, quantity as i32, OrderState::Requested);
@@ -267,27 +293,12 @@ async fn transition(
     }
     let mut histories = histories.lock().unwrap_or_else(|p| p.into_inner());
     let history = histories.get_mut(customer).expect("a known customer");
-    let mut tally = history.tallies.last().copied().unwrap_or_default();
+    history.answered[at] = answered;
     match step {
-        Step::Create => {
-            tally.open += 1;
-            history.requested.push((name, quantity));
-        }
-        Step::Complete => {
-            tally.open -= 1;
-            tally.completed += 1;
-            tally.score += quantity;
-            history.completed.push((name, quantity));
-        }
-        Step::Refund => {
-            tally.completed -= 1;
-            tally.canceled += 1;
-            tally.score -= quantity;
-        }
+        Step::Create => history.requested.push((name, quantity)),
+        Step::Complete => history.completed.push((name, quantity)),
+        Step::Refund => {}
     }
-    history.tallies.push(tally);
-    history.answered.push(answered);
-    history.shown.push(None);
     history.busy = false;
     Ok(())
 }
