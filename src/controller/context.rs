@@ -9,6 +9,7 @@ use std::{
 use kube::{Client, Resource, runtime::reflector::ObjectRef};
 
 use super::{
+    budget::Budget,
     error::{Error, ErrorKind},
     freshness::Freshness,
     index::Index,
@@ -106,6 +107,8 @@ pub struct Context {
     pub triggers: Triggers,
     /// Whether the index is one moment of the store.
     pub freshness: Arc<Freshness>,
+    /// How many reconciles may run at once, as the API server's answers allow.
+    pub budget: Arc<Budget>,
 }
 
 impl Context {
@@ -118,9 +121,12 @@ impl Context {
         readiness: Readiness,
     ) -> Self {
         let freshness = Arc::<Freshness>::default();
+        let budget = Budget::new(super::CONCURRENCY.into());
+        metrics.set_budget(budget.limit());
         let guards = Guards {
             fence: fence.clone(),
             freshness: freshness.clone(),
+            budget: budget.clone(),
             metrics: metrics.clone(),
             readiness: readiness.clone(),
         };
@@ -136,6 +142,7 @@ impl Context {
             readiness,
             triggers: Triggers::default(),
             freshness,
+            budget,
         }
     }
 
