@@ -14,10 +14,11 @@ use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams},
     runtime::{WatchStreamExt, watcher},
 };
 use reserve_operator::{
-    crd::{Customer, CustomerStatus, OrderState},
+    crd::{Customer, CustomerStatus, Order, OrderState},
     loyalty::{LevelPolicy, Standing},
 };
 use reserve_testkit::{
@@ -135,6 +136,7 @@ pub async fn run_point(
     let c = ctx.concurrency;
     let plan = Plan::new(customers, orders, ctx.seed);
     let expected = Arc::new(plan.expected(&LevelPolicy::default()));
+    let generator_alone = generator_alone(ctx, &plan).await?;
     let ns = fresh_namespace(&ctx.client, &format!("bench-o{orders}")).await;
     let mut operator = start_operator(ctx, &ns, &format!("operator-{orders}"));
     wait_ready(operator.probe(), Duration::from_secs(60)).await?;
@@ -143,31 +145,10 @@ pub async fn run_point(
 
     // The generator.
     let driver = Driver::new(&ctx.client, &ns, c);
-    let start = Instant::now();
-    let t_customers = driver.create_customers(&plan).await?;
+    let (generator, start, last_write) = drive(&driver, &plan).await?;
     say(format!(
-        "  {customers} customers created in {:.1}s",
-        t_customers.as_secs_f64()
-    ));
-    let t_orders = driver
-        .create_orders(&plan.orders, |_| OrderState::Requested)
-        .await?;
-    say(format!(
-        "  {orders} orders created in {:.1}s ({:.0}/s)",
-        t_orders.as_secs_f64(),
-        orders as f64 / t_orders.as_secs_f64()
-    ));
-    let mut t_changes = Duration::ZERO;
-    let mut state_changes = 0;
-    for wave in plan.waves() {
-        state_changes += wave.len();
-        t_changes += driver.set_states(&wave).await?;
-    }
-    let last_write = Instant::now();
-    say(format!(
-        "  {state_changes} state changes in {:.1}s; generator done after {:.1}s",
-        t_changes.as_secs_f64(),
-        (last_write - start).as_secs_f64()
+        "  generator done after {:.1}s ({:.1}s with no operator)",
+        generator.seconds, generator_alone
     ));
 
     // Convergence, as the watch sees it.
@@ -244,7 +225,7 @@ pub async fn run_point(
         converged: wall(converged_at),
         stopped,
     };
-    let transitions = plan.transitions();
+    let transitions = generator.order_transitions;
     let audit = audit::figures(
         &ctx.cp.audit(),
         &ctx.operator_user,
@@ -259,15 +240,8 @@ pub async fn run_point(
         namespace: ns,
         concurrency: c,
         seed: ctx.seed,
-        generator: Generator {
-            order_creations: orders,
-            state_changes,
-            order_transitions: transitions,
-            customers_seconds: t_customers.as_secs_f64(),
-            orders_seconds: t_orders.as_secs_f64(),
-            state_changes_seconds: t_changes.as_secs_f64(),
-            seconds: (last_write - start).as_secs_f64(),
-        },
+        generator,
+        generator_alone_seconds: generator_alone,
         converge_lag_seconds: lag,
         total_seconds: (converged_at - start).as_secs_f64(),
         still_converged_after_settle: still_converged,
@@ -277,6 +251,71 @@ pub async fn run_point(
         restart,
         restart_streaming,
     })
+}
+
+/// The generator's work on `plan`: its customers, its orders, then every wave of state changes;
+/// the figures, when it started and when its last write was answered.
+async fn drive(driver: &Driver, plan: &Plan) -> Result<(Generator, Instant, Instant), String> {
+    let start = Instant::now();
+    let t_customers = driver.create_customers(plan).await?;
+    say(format!(
+        "  {} customers created in {:.1}s",
+        plan.customers.len(),
+        t_customers.as_secs_f64()
+    ));
+    let orders = plan.orders.len();
+    let t_orders = driver
+        .create_orders(&plan.orders, |_| OrderState::Requested)
+        .await?;
+    say(format!(
+        "  {orders} orders created in {:.1}s ({:.0}/s)",
+        t_orders.as_secs_f64(),
+        orders as f64 / t_orders.as_secs_f64()
+    ));
+    let mut t_changes = Duration::ZERO;
+    let mut state_changes = 0;
+    for wave in plan.waves() {
+        state_changes += wave.len();
+        t_changes += driver.set_states(&wave).await?;
+    }
+    let last_write = Instant::now();
+    say(format!(
+        "  {state_changes} state changes in {:.1}s",
+        t_changes.as_secs_f64()
+    ));
+    let generator = Generator {
+        order_creations: orders,
+        state_changes,
+        order_transitions: plan.transitions(),
+        customers_seconds: t_customers.as_secs_f64(),
+        orders_seconds: t_orders.as_secs_f64(),
+        state_changes_seconds: t_changes.as_secs_f64(),
+        seconds: (last_write - start).as_secs_f64(),
+    };
+    Ok((generator, start, last_write))
+}
+
+/// The same work on a namespace no operator watches: what the generator takes on its own on
+/// this machine now, the time it is held to with the operator running. The objects are deleted
+/// after (two deletecollection requests), so the point's namespace starts on an unloaded store.
+async fn generator_alone(ctx: &Context, plan: &Plan) -> Result<f64, String> {
+    let ns = fresh_namespace(&ctx.client, &format!("bench-alone-o{}", plan.orders.len())).await;
+    say(format!("  with no operator, on {ns}:"));
+    let driver = Driver::new(&ctx.client, &ns, ctx.concurrency);
+    let (generator, _, _) = drive(&driver, plan).await?;
+    let params = DeleteParams::default();
+    let list = ListParams::default();
+    let orders: Api<Order> = Api::namespaced(ctx.client.clone(), &ns);
+    let customers: Api<Customer> = Api::namespaced(ctx.client.clone(), &ns);
+    orders
+        .delete_collection(&params, &list)
+        .await
+        .map_err(|e| format!("deleting the orders of {ns}: {e}"))?;
+    customers
+        .delete_collection(&params, &list)
+        .await
+        .map_err(|e| format!("deleting the customers of {ns}: {e}"))?;
+    Ok(generator.seconds)
 }
 
 /// Starts the operator again on a converged namespace, with `initial_list`: time to ready, its

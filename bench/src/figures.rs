@@ -14,6 +14,8 @@ pub struct ConvergePoint {
     pub concurrency: usize,
     pub seed: u64,
     pub generator: Generator,
+    /// The generator's time for the same plan on a namespace no operator watches, just before.
+    pub generator_alone_seconds: f64,
     /// From the generator's last write to the first moment a watch saw every Customer with its
     /// expected standing.
     pub converge_lag_seconds: f64,
@@ -117,6 +119,8 @@ pub struct Freshness {
     pub achieved_rate_per_second: f64,
     /// Generator write answered -> a watch shows the customer's status reflecting it.
     pub customer: Latency,
+    /// The customer p99 of each minute's transitions.
+    pub customer_p99_ms_by_minute: Vec<f64>,
     /// Generator write answered -> a watch shows the order's phase.
     pub order: Latency,
     pub order_status_writes_per_transition: f64,
@@ -363,6 +367,8 @@ pub struct Summary {
     pub cpu_microseconds_per_reconcile_max_over_min: Option<f64>,
     pub freshness: Vec<Freshness>,
     pub knees: Vec<Knee>,
+    /// The floor measured in the same run as the freshness runs, to read the knee against.
+    pub freshness_floor: Option<Floor>,
     pub settlement: Option<SettlementRun>,
     pub targets: Vec<Target>,
 }

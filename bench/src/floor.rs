@@ -1,5 +1,7 @@
 //! The API server's floor: the time it needs to accept exactly the final statuses, sent by the
-//! bench itself (one server-side apply per order and per customer), with the operator stopped.
+//! bench itself with the operator's kind of write (one JSON merge patch of the status
+//! subresource per order and per customer, field validation left to the schema), with the
+//! operator stopped.
 //! The statuses are the ones the operator's own decisions give for the final orders.
 
 use std::time::Instant;
@@ -8,7 +10,7 @@ use futures::{StreamExt, stream};
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client,
-    api::{Patch, PatchParams},
+    api::{Patch, PatchParams, ValidationDirective},
 };
 use reserve_operator::{
     controller::{
@@ -80,22 +82,26 @@ pub async fn measure(
         let key = OrderKey::of_order(o);
         let facts = index.order(&key).ok_or("an order missing from the index")?;
         let status = order::desired_status(&key, facts, None, &index, &policy, now);
-        patches.push((true, name(o), json!({ "apiVersion": "reserve.coffeechain.io/v1alpha1", "kind": "Order", "status": status })));
+        patches.push((true, name(o), json!({ "status": status })));
     }
     for c in &customers {
         let status = customer::desired_status(c, None, &index, &policy, now);
-        patches.push((false, name(c), json!({ "apiVersion": "reserve.coffeechain.io/v1alpha1", "kind": "Customer", "status": status })));
+        patches.push((false, name(c), json!({ "status": status })));
     }
 
     let order_api: Api<Order> = Api::namespaced(writer.clone(), &ns);
     let customer_api: Api<Customer> = Api::namespaced(writer.clone(), &ns);
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        field_validation: Some(ValidationDirective::Ignore),
+        ..PatchParams::default()
+    };
     let count = patches.len();
     let started = Instant::now();
     let mut writes = stream::iter(patches.into_iter().map(|(is_order, name, patch)| {
         let (order_api, customer_api, params) = (&order_api, &customer_api, &params);
         async move {
-            let patch = Patch::Apply(patch);
+            let patch = Patch::Merge(patch);
             let what = format!("floor: status of {name}");
             if is_order {
                 retry(&what, || order_api.patch_status(&name, params, &patch))

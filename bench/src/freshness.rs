@@ -157,6 +157,7 @@ pub async fn run(ctx: &Context, flood: usize) -> Result<Freshness, String> {
     operator.sigterm();
     operator.wait_exit(Duration::from_secs(30));
     let (customer, order) = latencies(&histories, &order_times);
+    let customer_p99_ms_by_minute = p99_by_minute(&histories, started);
     let per = |n: f64| n / transitions.max(1) as f64;
     let order_writes = after.status_writes_order - before.status_writes_order;
     let customer_writes = after.status_writes_customer - before.status_writes_customer;
@@ -174,6 +175,7 @@ pub async fn run(ctx: &Context, flood: usize) -> Result<Freshness, String> {
         transitions,
         achieved_rate_per_second: transitions as f64 / seconds,
         customer,
+        customer_p99_ms_by_minute,
         order,
         order_status_writes_per_transition: per(order_writes),
         customer_status_writes_per_transition: per(customer_writes),
@@ -374,10 +376,23 @@ fn latencies(histories: &Histories, order_times: &OrderTimes) -> (Latency, Laten
         }
     }
     let times = order_times.lock().unwrap_or_else(|p| p.into_inner());
+    // A receipt that folds several transitions shows only the last phase: the earlier ones
+    // count as shown when a later phase of the same order was.
+    let later = |name: &str, state: OrderState| {
+        let after: &[OrderState] = match state {
+            OrderState::Requested => &[OrderState::Completed, OrderState::Canceled],
+            OrderState::Completed => &[OrderState::Canceled],
+            OrderState::Canceled => &[],
+        };
+        after
+            .iter()
+            .filter_map(|s| times.get(&(name.to_owned(), *s)).and_then(|t| t.1))
+            .min()
+    };
     let (mut order, mut order_missing) = (Vec::new(), 0);
-    for (answered, shown) in times.values() {
-        match (answered, shown) {
-            (Some(answered), Some(shown)) => order.push(millis(*answered, *shown)),
+    for ((name, state), (answered, shown)) in times.iter() {
+        match (answered, shown.or_else(|| later(name, *state))) {
+            (Some(answered), Some(shown)) => order.push(millis(*answered, shown)),
             (Some(_), None) => order_missing += 1,
             _ => {}
         }
@@ -386,6 +401,28 @@ fn latencies(histories: &Histories, order_times: &OrderTimes) -> (Latency, Laten
         Latency::of(customer, missing),
         Latency::of(order, order_missing),
     )
+}
+
+/// The customer p99 of the transitions answered in each minute of the run (a transition never
+/// shown counts as the slowest of its minute), to tell a backlog that grows from one that holds.
+fn p99_by_minute(histories: &Histories, started: Instant) -> Vec<f64> {
+    let histories = histories.lock().unwrap_or_else(|p| p.into_inner());
+    let mut minutes: Vec<Vec<f64>> = Vec::new();
+    for history in histories.values() {
+        for (answered, shown) in history.answered.iter().zip(&history.shown) {
+            let minute = (answered.saturating_duration_since(started).as_secs() / 60) as usize;
+            if minutes.len() <= minute {
+                minutes.resize_with(minute + 1, Vec::new);
+            }
+            minutes[minute].push(shown.map_or(f64::INFINITY, |shown| {
+                shown.saturating_duration_since(*answered).as_secs_f64() * 1000.0
+            }));
+        }
+    }
+    minutes
+        .into_iter()
+        .map(|minute| Latency::of(minute, 0).p99_ms)
+        .collect()
 }
 
 /// Requests sent by the flood, and those refused (throttled or failed).

@@ -281,6 +281,25 @@ async fn run(args: Args) -> Result<(), String> {
         ctx.operator_bin = operator_bin;
     }
     let knees = figures::knees(&fresh);
+    // What the API server allows for the operator's kind of write, in the same run.
+    let freshness_floor = if args.freshness && ctx.floor {
+        let plan = reserve_testkit::workload::Plan::new(ctx.customers, 5_000, ctx.seed);
+        let floor = floor::measure(
+            &ctx.generator,
+            &ctx.as_operator,
+            &plan,
+            ctx.concurrency,
+            0.0,
+        )
+        .await?;
+        say(format!(
+            "floor: {} status writes in {:.2}s ({:.0}/s)",
+            floor.status_writes, floor.seconds, floor.writes_per_second
+        ));
+        Some(floor)
+    } else {
+        None
+    };
 
     let settled = if args.settlement {
         let settings = settlement::Settings {
@@ -328,6 +347,7 @@ async fn run(args: Args) -> Result<(), String> {
         cpu_microseconds_per_reconcile_max_over_min: spread,
         freshness: fresh,
         knees,
+        freshness_floor,
         settlement: settled,
         targets,
     };

@@ -43,6 +43,24 @@ pub fn targets(
             ),
         ));
         targets.push(Target::new(
+            "users first: the generator within 10% of its time with no operator",
+            big.generator.seconds <= 1.1 * big.generator_alone_seconds,
+            format!(
+                "{:.1} s against {:.1} s ({:+.0}%)",
+                big.generator.seconds,
+                big.generator_alone_seconds,
+                (big.generator.seconds / big.generator_alone_seconds - 1.0) * 100.0
+            ),
+        ));
+        targets.push(Target::new(
+            "burst: customer status writes <= 0.5 per order transition (they fold)",
+            big.audit.customer_status_writes_per_transition <= 0.5,
+            format!(
+                "{:.3}/transition",
+                big.audit.customer_status_writes_per_transition
+            ),
+        ));
+        targets.push(Target::new(
             "zero status writes after convergence",
             big.audit.status_writes_after_convergence == 0
                 && big.operator.status_writes_after_convergence == 0.0,
@@ -150,6 +168,66 @@ pub fn targets(
             format!("{:.2}", run.writes_per_transition),
         ));
     }
+    targets.extend(overload_targets(freshness));
+    targets
+}
+
+/// Past the knee, per binary: at 1.5 x its knee customers within 2 s (p99) and every receipt
+/// within 30 s; at 2 x, a backlog that stops growing after the first minute and nothing lost.
+fn overload_targets(freshness: &[Freshness]) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for knee in crate::figures::knees(freshness) {
+        let Some(at) = knee.knee_per_second else {
+            continue;
+        };
+        let run = |times: f64| {
+            freshness.iter().find(|r| {
+                r.operator_binary == knee.operator_binary
+                    && r.flowschema == knee.flowschema
+                    && r.flood_concurrency == knee.flood_concurrency
+                    && (r.rate_per_second - times * at).abs() < 1e-6
+            })
+        };
+        let binary = &knee.operator_binary;
+        if let Some(r) = run(1.5) {
+            targets.push(Target::new(
+                &format!(
+                    "{binary}: at 1.5 x the knee ({}/s), customer p99 <= 2 s and every receipt within 30 s",
+                    r.rate_per_second
+                ),
+                r.customer.p99_ms <= 2_000.0
+                    && r.customer.missing == 0
+                    && r.order.max_ms <= 30_000.0
+                    && r.order.missing == 0,
+                format!(
+                    "customer p99 {:.0} ms ({} never shown); receipt max {:.0} ms ({} never shown)",
+                    r.customer.p99_ms, r.customer.missing, r.order.max_ms, r.order.missing
+                ),
+            ));
+        }
+        if let Some(r) = run(2.0) {
+            let minutes = &r.customer_p99_ms_by_minute;
+            // After the first minute, no minute's p99 above the second's by more than a
+            // quarter (or 250 ms): a backlog that holds, not one that grows.
+            let holds = minutes.len() >= 3
+                && minutes[1..]
+                    .iter()
+                    .all(|m| *m <= (minutes[1] * 1.25).max(minutes[1] + 250.0));
+            targets.push(Target::new(
+                &format!(
+                    "{binary}: at 2 x the knee ({}/s), p99 stops growing after the first minute (needs --seconds 180) and nothing is lost",
+                    r.rate_per_second
+                ),
+                holds && r.customer.missing == 0 && r.order.missing == 0,
+                format!(
+                    "customer p99 per minute {:?} ms; never shown: {} customer, {} receipt",
+                    minutes.iter().map(|m| m.round()).collect::<Vec<_>>(),
+                    r.customer.missing,
+                    r.order.missing
+                ),
+            ));
+        }
+    }
     targets
 }
 
@@ -213,6 +291,9 @@ pub fn render(summary: &Summary) -> String {
             p.generator.order_transitions.to_string()
         }),
         ("generator time (s)", |p| f(p.generator.seconds, 1)),
+        ("  with no operator (s)", |p| {
+            f(p.generator_alone_seconds, 1)
+        }),
         ("converge lag (s)", |p| f(p.converge_lag_seconds, 3)),
         ("floor: final status writes", |p| {
             p.floor
@@ -357,6 +438,14 @@ pub fn render(summary: &Summary) -> String {
             run.operator.peak_rss_kib as f64 / 1024.0,
             run.apiserver_cpu_percent,
         );
+        let _ = writeln!(
+            out,
+            "  customer p99 per minute: {:?} ms",
+            run.customer_p99_ms_by_minute
+                .iter()
+                .map(|m| m.round())
+                .collect::<Vec<_>>()
+        );
     }
     for knee in &summary.knees {
         let _ = writeln!(
@@ -371,6 +460,32 @@ pub fn render(summary: &Summary) -> String {
             crate::figures::KNEE_P99_MS,
             crate::figures::KNEE_MAX_MS,
         );
+    }
+    if let Some(floor) = &summary.freshness_floor {
+        let _ = writeln!(
+            out,
+            "\nfloor in this run: {:.0} status writes/s (the operator's kind of write, {} of them, nothing else running)",
+            floor.writes_per_second, floor.status_writes
+        );
+        for knee in &summary.knees {
+            let Some(at) = knee.knee_per_second else {
+                continue;
+            };
+            let Some(run) = summary
+                .freshness
+                .iter()
+                .find(|r| r.operator_binary == knee.operator_binary && r.rate_per_second == at)
+            else {
+                continue;
+            };
+            let writes = run.writes_per_transition * at;
+            let _ = writeln!(
+                out,
+                "  {}: the knee's {at}/s took {writes:.0} status writes/s ({:.0}% of the floor) besides the generator's {at}/s",
+                knee.operator_binary,
+                writes / floor.writes_per_second * 100.0
+            );
+        }
     }
     if let Some(run) = &summary.settlement {
         let _ = writeln!(
