@@ -13,9 +13,8 @@
 //! into one write carrying the latest state: past the knee, the operator writes less, not later.
 //!
 //! Customers go first: their statuses are what users read. While customers wait, receipts keep
-//! at most [`ORDER_SHARE`] of the budget (at least one slot), and the other way round; and a
-//! change of either class that has waited [`OVERDUE`] goes before the other's, so a receipt is
-//! late by seconds, never by minutes, while customers are busy.
+//! at most [`ORDER_SHARE`] of the budget (at least one slot), and the other way round, so
+//! neither starves.
 
 use std::{
     sync::{Arc, Mutex},
@@ -24,14 +23,10 @@ use std::{
 
 use tokio::{sync::watch, time::Instant};
 
-/// A write answered later than this counts as a sign that the API server is drowning. Not
-/// sooner: at the API server's limit every answer is slow because of every writer's load, and
-/// a budget that shrank then would only cut the operator's share of what the server does.
-pub const SLOW: Duration = Duration::from_secs(1);
+/// A write answered later than this counts as a sign that the API server is busy.
+pub const SLOW: Duration = Duration::from_millis(100);
 /// The budget never falls below this many reconciles at once.
-pub const MIN: usize = 16;
-/// A change that has waited this long goes before the other class's, whatever the shares.
-pub const OVERDUE: Duration = Duration::from_secs(5);
+pub const MIN: usize = 4;
 /// The share of the budget receipts keep while customers wait.
 const ORDER_SHARE: f64 = 0.25;
 /// What a cut leaves of the budget.
@@ -66,8 +61,6 @@ struct State {
     held: [usize; 2],
     /// Keys waiting for a slot, per class (as each queue last said).
     waiting: [usize; 2],
-    /// Whether a class's oldest waiting change is overdue (as each queue last said).
-    overdue: [bool; 2],
     /// When the budget was last cut: slow answers to writes sent before then are the same
     /// congestion, already answered for.
     cut_at: Option<Instant>,
@@ -93,7 +86,6 @@ impl Budget {
                 limit: max as f64,
                 held: [0; 2],
                 waiting: [0; 2],
-                overdue: [false; 2],
                 cut_at: None,
             }),
             changed: watch::Sender::new(0),
@@ -153,18 +145,15 @@ pub struct Slots {
 }
 
 impl Slots {
-    /// Takes a slot for one of the `waiting` keys of this class (the oldest change woken at
-    /// `oldest`), if the budget allows one now. Also tells the budget how many wait and whether
-    /// one is overdue, so the other class knows.
-    pub fn take(&mut self, waiting: usize, oldest: Option<Instant>) -> bool {
-        let overdue = oldest.is_some_and(|at| at.elapsed() >= OVERDUE);
+    /// Takes a slot for one of the `waiting` keys of this class, if the budget allows one now.
+    /// Also tells the budget how many wait, so the other class knows.
+    pub fn take(&mut self, waiting: usize) -> bool {
         self.changed.borrow_and_update();
         let (own, other) = (self.class.index(), self.class.other().index());
         let (taken, others_may_go) = {
             let mut state = self.budget.state();
             let was_waiting = state.waiting[own] > 0;
             state.waiting[own] = waiting;
-            state.overdue[own] = overdue;
             let limit = state.limit as usize;
             let held = state.held[0] + state.held[1];
             // What this class may hold while the other waits: all but the other's share.
@@ -173,12 +162,8 @@ impl Slots {
                 Class::Order => share,
                 Class::Customer => limit.saturating_sub(share).max(1),
             };
-            // Within its cap, a class goes unless the other's wait is overdue; overdue, it goes.
-            let taken = waiting > 0
-                && held < limit
-                && (state.waiting[other] == 0
-                    || overdue
-                    || (state.held[own] < cap && !state.overdue[other]));
+            let taken =
+                waiting > 0 && held < limit && (state.waiting[other] == 0 || state.held[own] < cap);
             if taken {
                 state.held[own] += 1;
                 state.waiting[own] -= 1;
@@ -215,10 +200,7 @@ impl Slots {
 impl Drop for Slots {
     /// A queue that ends (its term is over) no longer waits for anything.
     fn drop(&mut self) {
-        let mut state = self.budget.state();
-        state.waiting[self.class.index()] = 0;
-        state.overdue[self.class.index()] = false;
-        drop(state);
+        self.budget.state().waiting[self.class.index()] = 0;
         self.budget.notify();
     }
 }
@@ -238,53 +220,50 @@ mod tests {
             (budget.slots(Class::Customer), budget.slots(Class::Order));
         // Receipts alone may use the whole budget.
         for _ in 0..8 {
-            assert!(orders.take(100, None));
+            assert!(orders.take(100));
         }
-        assert!(!orders.take(92, None));
+        assert!(!orders.take(92));
         // Customers wait: receipts give back what they hold beyond their share (2 of 8).
-        assert!(!customers.take(10, None));
+        assert!(!customers.take(10));
         for _ in 0..6 {
             orders.release();
             assert!(
-                !orders.take(92, None),
+                !orders.take(92),
                 "receipts beyond their share while customers wait"
             );
-            assert!(customers.take(10, None));
+            assert!(customers.take(10));
         }
         // Receipts keep their share: customers may not take the last two slots.
         orders.release();
         orders.release();
-        assert!(orders.take(92, None) && orders.take(91, None));
+        assert!(orders.take(92) && orders.take(91));
         customers.release();
         assert!(
-            !orders.take(90, None),
+            !orders.take(90),
             "receipts beyond their share while customers wait"
         );
-        assert!(customers.take(4, None));
+        assert!(customers.take(4));
         // No customer waits any more: receipts take what is free.
-        assert!(!customers.take(0, None));
+        assert!(!customers.take(0));
         customers.release();
-        assert!(orders.take(90, None));
+        assert!(orders.take(90));
     }
 
     #[test]
     fn slow_answers_cut_the_budget_once_per_round_trip_and_fast_ones_restore_it() {
         let budget = Budget::new(64);
         let start = Instant::now();
-        let late = start + Duration::from_millis(1_500);
+        let late = start + Duration::from_millis(300);
         // Many writes sent together come back slow: one cut, not one per answer.
         for _ in 0..10 {
             budget.answered(start, late, false);
         }
         assert_eq!(budget.limit(), 48);
-        // Slow, but within SLOW: every writer's load at the API server's limit, no cut.
-        budget.answered(late, late + SLOW, false);
-        assert_eq!(budget.limit(), 49);
         // A write sent after that cut, still slow: the next cut.
-        budget.answered(late, late + Duration::from_millis(1_200), false);
+        budget.answered(late, late + Duration::from_millis(200), false);
         assert_eq!(budget.limit(), 36);
         // A 429 cuts however fast it came.
-        let then = late + Duration::from_secs(2);
+        let then = late + Duration::from_secs(1);
         budget.answered(then, then, true);
         assert_eq!(budget.limit(), 27);
         // Never below the floor.
@@ -304,44 +283,18 @@ mod tests {
         assert_eq!(budget.limit(), 64);
     }
 
-    #[test]
-    fn an_overdue_receipt_goes_before_customers() {
-        let budget = Budget::new(8);
-        let (mut customers, mut orders) =
-            (budget.slots(Class::Customer), budget.slots(Class::Order));
-        // Receipts hold their share (2), customers the rest; both have more waiting.
-        assert!(orders.take(50, None) && orders.take(49, None));
-        for waiting in (45..51).rev() {
-            assert!(customers.take(waiting, None));
-        }
-        assert!(!orders.take(48, None));
-        // A customer's slot frees: while no receipt is overdue, it is the customers'.
-        customers.release();
-        assert!(!orders.take(48, None));
-        assert!(customers.take(44, None));
-        // The oldest receipt has waited too long: the next free slot is its.
-        let long_ago = Instant::now().checked_sub(OVERDUE * 2);
-        assert!(!orders.take(48, long_ago), "no slot free yet");
-        customers.release();
-        assert!(!customers.take(43, None), "an overdue receipt goes first");
-        assert!(orders.take(48, long_ago));
-        // And so does an overdue customer.
-        orders.release();
-        assert!(customers.take(43, long_ago));
-    }
-
     #[tokio::test]
     async fn a_freed_slot_wakes_the_queue_that_waits() {
         let budget = Budget::new(MIN);
         let (mut customers, mut orders) =
             (budget.slots(Class::Customer), budget.slots(Class::Order));
         for _ in 0..MIN {
-            assert!(orders.take(10, None));
+            assert!(orders.take(10));
         }
-        assert!(!customers.take(1, None));
+        assert!(!customers.take(1));
         let woken = tokio::spawn(async move {
             customers.changed().await;
-            customers.take(1, None)
+            customers.take(1)
         });
         tokio::task::yield_now().await;
         assert!(!woken.is_finished());

@@ -22,10 +22,9 @@ use std::{
 
 use futures::{StreamExt, stream::FuturesUnordered};
 use tokio::sync::mpsc::{UnboundedReceiver, error::TryRecvError};
-use tokio::time::Instant;
 use tokio_util::time::DelayQueue;
 
-use super::budget::{OVERDUE, Slots};
+use super::budget::Slots;
 
 /// Why a key is woken, which decides when it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +62,7 @@ pub async fn run<T, F, Fut>(
                 Err(TryRecvError::Disconnected) => stopping = true,
             }
         }
-        while !stopping && slots.take(queue.waiting.len(), queue.oldest_change()) {
+        while !stopping && slots.take(queue.waiting.len()) {
             let Some(key) = queue.start() else {
                 slots.release();
                 break;
@@ -74,7 +73,6 @@ pub async fn run<T, F, Fut>(
         if stopping && in_flight.is_empty() {
             return;
         }
-        let overdue_at = queue.oldest_change().map(|at| at + OVERDUE);
         tokio::select! {
             woken = wakes.recv(), if !stopping => match woken {
                 Some((key, lane)) => queue.wake(key, lane),
@@ -92,9 +90,6 @@ pub async fn run<T, F, Fut>(
             }
             // A slot came free (or the budget grew) while keys wait.
             () = slots.changed(), if !stopping && !queue.waiting.is_empty() => {}
-            // A change that waits becomes overdue: it may now go before the other queue's.
-            () = tokio::time::sleep_until(overdue_at.unwrap_or_else(Instant::now)),
-                if !stopping && overdue_at.is_some_and(|at| at > Instant::now()) => {}
             () = &mut stop, if !stopping => stopping = true,
         }
     }
@@ -102,8 +97,7 @@ pub async fn run<T, F, Fut>(
 
 /// Which keys wait (and in which lane), run, and must run once more.
 struct Queue<T> {
-    /// Each with when it was woken.
-    changes: VecDeque<(T, Instant)>,
+    changes: VecDeque<T>,
     sweeps: VecDeque<T>,
     /// Every waiting key and the lane it waits in. A key promoted from the sweep lane to the
     /// change lane leaves a stale entry behind in `sweeps`, skipped when it comes up.
@@ -137,31 +131,23 @@ impl<T: Clone + Eq + Hash> Queue<T> {
             Some(waits) => {
                 if (*waits, lane) == (Lane::Sweep, Lane::Change) {
                     *waits = Lane::Change;
-                    self.changes.push_back((key, Instant::now()));
+                    self.changes.push_back(key);
                 }
             }
             None => {
                 self.waiting.insert(key.clone(), lane);
                 match lane {
-                    Lane::Change => self.changes.push_back((key, Instant::now())),
+                    Lane::Change => self.changes.push_back(key),
                     Lane::Sweep => self.sweeps.push_back(key),
                 }
             }
         }
     }
 
-    /// When the change that has waited longest was woken.
-    fn oldest_change(&self) -> Option<Instant> {
-        self.changes
-            .iter()
-            .find(|(key, _)| self.waiting.get(key) == Some(&Lane::Change))
-            .map(|(_, at)| *at)
-    }
-
     fn start(&mut self) -> Option<T> {
         let key = loop {
             let (key, lane) = match self.changes.pop_front() {
-                Some((key, _)) => (key, Lane::Change),
+                Some(key) => (key, Lane::Change),
                 None => (self.sweeps.pop_front()?, Lane::Sweep),
             };
             if self.waiting.get(&key) == Some(&lane) {
