@@ -60,7 +60,6 @@ pub struct Metrics {
     status_writes: Family<ControllerLabel, Counter>,
     withheld: Family<ControllerLabel, Counter>,
     leader: Gauge,
-    budget: Gauge,
     settled: Counter,
     passes: Counter,
 }
@@ -120,13 +119,6 @@ impl Metrics {
             "1 while this replica holds the Lease and reconciles",
             leader.clone(),
         );
-        let budget = Gauge::default();
-        registry.register(
-            "reconcile_budget",
-            "Reconciles the leader lets run at once, both controllers together; lowered while \
-             the API server answers status writes slowly",
-            budget.clone(),
-        );
         let settled = Counter::default();
         registry.register(
             "orders_settled",
@@ -167,7 +159,6 @@ impl Metrics {
             status_writes,
             withheld,
             leader,
-            budget,
             settled,
             passes,
         }
@@ -228,10 +219,6 @@ impl Metrics {
 
     pub fn settlement_pass(&self) {
         self.passes.inc();
-    }
-
-    pub fn set_budget(&self, limit: usize) {
-        self.budget.set(i64::try_from(limit).unwrap_or(i64::MAX));
     }
 
     pub fn set_leader(&self, leading: bool) {
@@ -330,7 +317,6 @@ mod tests {
         metrics.reconcile_error("order", "conflict");
         metrics.status_write("order");
         metrics.set_leader(true);
-        metrics.set_budget(48);
         metrics
     }
 
@@ -346,7 +332,6 @@ mod tests {
             "reserve_status_writes_withheld_total{controller=\"order\"} 0",
             "reserve_customers{level=\"Gold\"} 3",
             "reserve_leader 1",
-            "reserve_reconcile_budget 48",
             "reserve_build_info{version=\"",
             "# EOF",
         ] {

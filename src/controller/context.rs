@@ -9,7 +9,6 @@ use std::{
 use kube::{Client, Resource, runtime::reflector::ObjectRef};
 
 use super::{
-    budget::Budget,
     error::{Error, ErrorKind},
     freshness::Freshness,
     index::Index,
@@ -107,8 +106,6 @@ pub struct Context {
     pub triggers: Triggers,
     /// Whether the index is one moment of the store.
     pub freshness: Arc<Freshness>,
-    /// How many reconciles may run at once, as the API server's answers allow.
-    pub budget: Arc<Budget>,
 }
 
 impl Context {
@@ -121,12 +118,9 @@ impl Context {
         readiness: Readiness,
     ) -> Self {
         let freshness = Arc::<Freshness>::default();
-        let budget = Budget::new(super::CONCURRENCY.into());
-        metrics.set_budget(budget.limit());
         let guards = Guards {
             fence: fence.clone(),
             freshness: freshness.clone(),
-            budget: budget.clone(),
             metrics: metrics.clone(),
             readiness: readiness.clone(),
         };
@@ -142,7 +136,6 @@ impl Context {
             readiness,
             triggers: Triggers::default(),
             freshness,
-            budget,
         }
     }
 

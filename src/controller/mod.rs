@@ -19,7 +19,6 @@
 //! half of its orders, or without its ledger, would publish a wrong score. With `--settle-after`,
 //! the term also runs [`settlement`].
 
-mod budget;
 mod collectors;
 pub mod conditions;
 mod context;

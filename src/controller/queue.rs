@@ -4,8 +4,7 @@
 //!
 //! - A key woken several times while it waits runs once.
 //! - At most one reconcile runs per key; a wake that arrives meanwhile runs it once more after.
-//! - Reconciles start while the [`Budget`](super::budget::Budget) gives the queue a slot; a
-//!   key that gets none waits, and what changes meanwhile folds into its one reconcile.
+//! - At most `concurrency` reconciles run at once.
 //! - Changes go first: a key woken because it changed runs before every key that waits only
 //!   for a sweep (a term's first look at everything, a resync, a re-list), each lane in the
 //!   order its keys were woken. A sweep of thousands of objects after a hand-over must not hold
@@ -24,8 +23,6 @@ use futures::{StreamExt, stream::FuturesUnordered};
 use tokio::sync::mpsc::{UnboundedReceiver, error::TryRecvError};
 use tokio_util::time::DelayQueue;
 
-use super::budget::Slots;
-
 /// Why a key is woken, which decides when it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lane {
@@ -40,7 +37,7 @@ pub enum Lane {
 pub async fn run<T, F, Fut>(
     mut wakes: UnboundedReceiver<(T, Lane)>,
     stop: impl Future<Output = ()>,
-    mut slots: Slots,
+    concurrency: usize,
     reconcile: F,
 ) where
     T: Clone + Eq + Hash,
@@ -62,11 +59,10 @@ pub async fn run<T, F, Fut>(
                 Err(TryRecvError::Disconnected) => stopping = true,
             }
         }
-        while !stopping && slots.take(queue.waiting.len()) {
-            let Some(key) = queue.start() else {
-                slots.release();
-                break;
-            };
+        while !stopping
+            && in_flight.len() < concurrency.max(1)
+            && let Some(key) = queue.start()
+        {
             let run = reconcile(key.clone());
             in_flight.push(async move { (key, run.await) });
         }
@@ -82,14 +78,11 @@ pub async fn run<T, F, Fut>(
                 queue.wake(retry.into_inner(), Lane::Change);
             }
             Some((key, again)) = in_flight.next(), if !in_flight.is_empty() => {
-                slots.release();
                 queue.finished(&key);
                 if let Some(after) = again {
                     retries.insert(key, after);
                 }
             }
-            // A slot came free (or the budget grew) while keys wait.
-            () = slots.changed(), if !stopping && !queue.waiting.is_empty() => {}
             () = &mut stop, if !stopping => stopping = true,
         }
     }
@@ -189,12 +182,6 @@ mod tests {
     use tokio::sync::{mpsc::unbounded_channel, oneshot};
 
     use super::*;
-    use crate::controller::budget::{Budget, Class};
-
-    /// A budget of `n` slots of its own, for one queue.
-    fn slots(n: usize) -> Slots {
-        Budget::new(n).slots(Class::Customer)
-    }
 
     /// What the reconciles saw: each start and end, in order.
     #[derive(Clone, Default)]
@@ -223,7 +210,7 @@ mod tests {
         let log = Log::default();
         let runner = {
             let log = log.clone();
-            tokio::spawn(run(wakes, std::future::pending(), slots(1), move |key| {
+            tokio::spawn(run(wakes, std::future::pending(), 1, move |key| {
                 takes_a_second(log.clone(), key)
             }))
         };
@@ -261,7 +248,7 @@ mod tests {
             tokio::spawn(run(
                 woken,
                 std::future::pending(),
-                slots(concurrency),
+                concurrency,
                 move |key: u32| {
                     let (runs, total) = (runs.clone(), total.clone());
                     async move {
@@ -326,7 +313,7 @@ mod tests {
         let log = Log::default();
         let runner = {
             let log = log.clone();
-            tokio::spawn(run(wakes, std::future::pending(), slots(1), move |key| {
+            tokio::spawn(run(wakes, std::future::pending(), 1, move |key| {
                 takes_a_second(log.clone(), key)
             }))
         };
@@ -361,7 +348,7 @@ mod tests {
             tokio::spawn(run(
                 wakes,
                 stopped.map(drop),
-                slots(4),
+                4,
                 move |key: &'static str| {
                     let log = log.clone();
                     let at = started.elapsed().as_secs();
@@ -387,7 +374,7 @@ mod tests {
         let (stop, stopped) = oneshot::channel::<()>();
         let runner = {
             let log = log.clone();
-            tokio::spawn(run(wakes, stopped.map(drop), slots(1), move |key| {
+            tokio::spawn(run(wakes, stopped.map(drop), 1, move |key| {
                 takes_a_second(log.clone(), key)
             }))
         };
@@ -397,76 +384,5 @@ mod tests {
         stop.send(()).unwrap();
         runner.await.unwrap();
         assert_eq!(log.entries(), ["start a", "end a"]);
-    }
-
-    /// A queue of `class` on `budget` whose reconciles take a second and count themselves in
-    /// `running` while they run.
-    fn counted(
-        budget: &Arc<Budget>,
-        class: Class,
-        running: &Arc<Mutex<HashMap<&'static str, usize>>>,
-    ) -> (
-        tokio::sync::mpsc::UnboundedSender<(u32, Lane)>,
-        tokio::task::JoinHandle<()>,
-    ) {
-        let (wake, wakes) = unbounded_channel();
-        let name = match class {
-            Class::Customer => "customers",
-            Class::Order => "receipts",
-        };
-        let running = running.clone();
-        let runner = tokio::spawn(run(
-            wakes,
-            std::future::pending(),
-            budget.slots(class),
-            move |_key: u32| {
-                let running = running.clone();
-                async move {
-                    *running.lock().unwrap().entry(name).or_default() += 1;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    *running.lock().unwrap().entry(name).or_default() -= 1;
-                    None
-                }
-            },
-        ));
-        (wake, runner)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn customers_take_the_slots_receipts_free_while_customers_wait() {
-        let budget = Budget::new(4);
-        let running = Arc::default();
-        let (orders, order_runner) = counted(&budget, Class::Order, &running);
-        let (customers, customer_runner) = counted(&budget, Class::Customer, &running);
-        let now = |running: &Arc<Mutex<HashMap<&str, usize>>>| {
-            let running = running.lock().unwrap();
-            (
-                running.get("customers").copied().unwrap_or(0),
-                running["receipts"],
-            )
-        };
-        for key in 0..20 {
-            orders.send((key, Lane::Change)).unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(
-            now(&running),
-            (0, 4),
-            "receipts alone take the whole budget"
-        );
-        for key in 0..5 {
-            customers.send((key, Lane::Change)).unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(now(&running), (0, 4), "what runs is not interrupted");
-        // The receipts finish: customers take all but the receipts' share.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(now(&running), (3, 1));
-        // The last two customers start; no customer waits, so receipts take the rest.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(now(&running), (2, 2));
-        drop((orders, customers));
-        order_runner.await.unwrap();
-        customer_runner.await.unwrap();
     }
 }

@@ -26,7 +26,6 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
 use super::{
-    budget::Budget,
     error::Error,
     freshness::Freshness,
     objects::{Objects, Written},
@@ -54,8 +53,6 @@ pub struct Current<S> {
 pub struct Guards {
     pub fence: Fence,
     pub freshness: Arc<Freshness>,
-    /// Told how fast each write is answered.
-    pub budget: Arc<Budget>,
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
 }
@@ -95,16 +92,6 @@ fn merge_patch<S: Serialize>(status: &S, fields: &[String], resource_version: &s
         "metadata": { "resourceVersion": resource_version },
         "status": status,
     })
-}
-
-/// Whether a failed write says the API server is overloaded: a 429 or a 5xx, or no answer
-/// at all (a conflict or a refusal is an answer, and a fast one).
-fn is_busy(error: &kube::Error) -> bool {
-    match error {
-        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
-        kube::Error::Service(_) | kube::Error::HyperError(_) => true,
-        _ => false,
-    }
 }
 
 impl<K, S> StatusWriter<K, S>
@@ -194,7 +181,6 @@ where
         let Guards {
             fence,
             freshness,
-            budget,
             metrics,
             readiness,
         } = &self.guards;
@@ -221,7 +207,6 @@ where
             field_validation: Some(ValidationDirective::Ignore),
             ..PatchParams::default()
         };
-        let at = tokio::time::Instant::now();
         let sent = tokio::time::timeout(
             WRITE_TIMEOUT,
             api.patch_status(&name, &params, &Patch::Merge(&patch)),
@@ -232,9 +217,6 @@ where
                 format!("no answer within {}s", WRITE_TIMEOUT.as_secs()).into(),
             ))
         });
-        let busy = matches!(&sent, Err(error) if is_busy(error));
-        budget.answered(at, tokio::time::Instant::now(), busy);
-        metrics.set_budget(budget.limit());
         match sent {
             Ok(written) => {
                 readiness.write_succeeded();
@@ -295,7 +277,6 @@ mod tests {
         let guards = Guards {
             fence: Fence::always_open(),
             freshness: Arc::default(),
-            budget: Budget::new(64),
             metrics: Arc::new(Metrics::new(&[], Vec::new())),
             readiness: Readiness::default(),
         };
@@ -430,8 +411,7 @@ mod tests {
         );
     }
 
-    // Paused time: the mock answers at once, so no answer counts as slow.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_conflict_forgets_the_write_before_it() {
         let (writer, mut server) = writer();
         let cached = customer("1", 1);
@@ -461,11 +441,6 @@ mod tests {
             0,
             "a conflict is no server failure"
         );
-        assert_eq!(
-            writer.guards.budget.limit(),
-            64,
-            "a conflict is a fast answer: the budget stays"
-        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -485,10 +460,5 @@ mod tests {
             "readiness is told"
         );
         assert_eq!(writer.objects.len(), 0, "nothing left pending");
-        assert_eq!(
-            writer.guards.budget.limit(),
-            48,
-            "no answer: the API server is busy, fewer writes at once"
-        );
     }
 }

@@ -13,7 +13,6 @@ use kube::{Resource, runtime::reflector::ObjectRef};
 use tracing::{Instrument, debug, info, info_span};
 
 use super::{
-    budget::Class,
     context::{Context, Kind},
     customer,
     error::Outcome,
@@ -27,8 +26,7 @@ use super::{
 /// with a scheduled entry for every object.
 pub const RESYNC: Duration = Duration::from_secs(600);
 
-/// Reconciles at once, both controllers together, while the API server keeps up
-/// ([`budget`](super::budget) lowers it when it does not).
+/// Reconciles at once, per controller.
 pub const CONCURRENCY: u16 = 64;
 
 /// Runs one reconcile of `key` (in a span naming it) and turns its outcome into when to run it
@@ -105,13 +103,11 @@ pub async fn lead(
     });
     info!("reconciling");
 
-    let slots = ctx.budget.slots(Class::Customer);
-    let customers = queue::run(queues.customers, stop.clone(), slots, |key| {
-        let (ctx, customers) = (ctx.clone(), caches.customers.clone());
+    let concurrency = CONCURRENCY.into();
+    let customers = queue::run(queues.customers, stop.clone(), concurrency, |key| {
+        let (ctx, cached) = (ctx.clone(), caches.customers.get(&key));
         async move {
-            // Read when the reconcile starts, not when it was queued: a key may wait a while
-            // for a slot, and what it reads is then never older than that.
-            let Some(customer) = customers.get(&key) else {
+            let Some(customer) = cached else {
                 debug!(object = %key, "gone before its reconcile");
                 return None;
             };
@@ -119,7 +115,7 @@ pub async fn lead(
             settle(&ctx, kind, &key, customer::reconcile(customer, &ctx)).await
         }
     });
-    let orders = queue::run(queues.orders, stop, ctx.budget.slots(Class::Order), |key| {
+    let orders = queue::run(queues.orders, stop, concurrency, |key| {
         let ctx = ctx.clone();
         async move {
             let object = key.object_ref();
