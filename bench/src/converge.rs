@@ -208,12 +208,7 @@ pub async fn run_point(
     watch_task.abort();
 
     let floor = if ctx.floor {
-        let floor = floor::measure(&ctx.generator, &ctx.as_operator, &plan, c, lag).await?;
-        say(format!(
-            "  floor: {} status writes in {:.2}s ({:.0}/s)",
-            floor.status_writes, floor.seconds, floor.writes_per_second
-        ));
-        Some(floor)
+        Some(floor::measure(&ctx.generator, &ctx.as_operator, &plan, c, lag).await?)
     } else {
         None
     };

@@ -28,7 +28,7 @@ use reserve_testkit::{
 };
 use serde_json::json;
 
-use crate::figures::Floor;
+use crate::{figures::Floor, say};
 
 const FIELD_MANAGER: &str = "reserve-bench-floor";
 
@@ -119,6 +119,10 @@ pub async fn measure(
         result?;
     }
     let seconds = started.elapsed().as_secs_f64();
+    say(format!(
+        "  floor: {count} status writes in {seconds:.2}s ({:.0}/s)",
+        count as f64 / seconds
+    ));
     Ok(Floor {
         namespace: ns,
         status_writes: count,

@@ -284,19 +284,16 @@ async fn run(args: Args) -> Result<(), String> {
     // What the API server allows for the operator's kind of write, in the same run.
     let freshness_floor = if args.freshness && ctx.floor {
         let plan = reserve_testkit::workload::Plan::new(ctx.customers, 5_000, ctx.seed);
-        let floor = floor::measure(
-            &ctx.generator,
-            &ctx.as_operator,
-            &plan,
-            ctx.concurrency,
-            0.0,
+        Some(
+            floor::measure(
+                &ctx.generator,
+                &ctx.as_operator,
+                &plan,
+                ctx.concurrency,
+                0.0,
+            )
+            .await?,
         )
-        .await?;
-        say(format!(
-            "floor: {} status writes in {:.2}s ({:.0}/s)",
-            floor.status_writes, floor.seconds, floor.writes_per_second
-        ));
-        Some(floor)
     } else {
         None
     };
