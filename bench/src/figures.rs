@@ -150,6 +150,18 @@ pub struct Knee {
     pub knee_per_second: Option<f64>,
 }
 
+impl Knee {
+    /// The run of this knee's binary and settings at `rate`, if there was one.
+    pub fn run_at<'a>(&self, runs: &'a [Freshness], rate: f64) -> Option<&'a Freshness> {
+        runs.iter().find(|r| {
+            r.operator_binary == self.operator_binary
+                && r.flowschema == self.flowschema
+                && r.flood_concurrency == self.flood_concurrency
+                && (r.rate_per_second - rate).abs() < 1e-6
+        })
+    }
+}
+
 pub fn knees(runs: &[Freshness]) -> Vec<Knee> {
     let mut groups: Vec<(Knee, Vec<(f64, bool)>)> = Vec::new();
     for run in runs {

@@ -180,14 +180,7 @@ fn overload_targets(freshness: &[Freshness]) -> Vec<Target> {
         let Some(at) = knee.knee_per_second else {
             continue;
         };
-        let run = |times: f64| {
-            freshness.iter().find(|r| {
-                r.operator_binary == knee.operator_binary
-                    && r.flowschema == knee.flowschema
-                    && r.flood_concurrency == knee.flood_concurrency
-                    && (r.rate_per_second - times * at).abs() < 1e-6
-            })
-        };
+        let run = |times: f64| knee.run_at(freshness, times * at);
         let binary = &knee.operator_binary;
         if let Some(r) = run(1.5) {
             targets.push(Target::new(
@@ -471,11 +464,7 @@ pub fn render(summary: &Summary) -> String {
             let Some(at) = knee.knee_per_second else {
                 continue;
             };
-            let Some(run) = summary
-                .freshness
-                .iter()
-                .find(|r| r.operator_binary == knee.operator_binary && r.rate_per_second == at)
-            else {
+            let Some(run) = knee.run_at(&summary.freshness, at) else {
                 continue;
             };
             let writes = run.writes_per_transition * at;
