@@ -23,6 +23,7 @@ use crate::{
     cli::RunArgs,
     controller::{
         self, Context, CustomersPerLevel, LedgerCounts, METRIC_LABELS, Readiness, ReadyCollector,
+        SharedIndex,
     },
     leader::{self, Election, Fence},
     metrics::Metrics,
@@ -61,10 +62,11 @@ pub async fn run(
     let alive = Arc::new(AtomicBool::new(true));
 
     let (caches, writers) = controller::caches();
+    let index = SharedIndex::default();
     let metrics = Arc::new(Metrics::new(
         &METRIC_LABELS,
         vec![
-            Box::new(CustomersPerLevel(caches.customers.clone())),
+            Box::new(CustomersPerLevel(index.clone())),
             Box::new(LedgerCounts(caches.ledgers.clone())),
             Box::new(ReadyCollector(readiness.clone())),
         ],
@@ -76,6 +78,7 @@ pub async fn run(
         fence.clone(),
         metrics,
         readiness.clone(),
+        index,
     ));
     let server = client.apiserver_version().await.ok().and_then(|info| {
         let number = |s: &str| s.trim_end_matches('+').parse::<u32>().ok();
@@ -88,7 +91,6 @@ pub async fn run(
         args.namespace.as_deref(),
         initial_list,
         &ctx,
-        &caches,
         writers,
     );
 

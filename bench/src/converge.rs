@@ -136,7 +136,11 @@ pub async fn run_point(
     let c = ctx.concurrency;
     let plan = Plan::new(customers, orders, ctx.seed);
     let expected = Arc::new(plan.expected(&LevelPolicy::default()));
-    let generator_alone = generator_alone(ctx, &plan).await?;
+    let generator_alone = if ctx.alone {
+        Some(generator_alone(ctx, &plan).await?)
+    } else {
+        None
+    };
     let ns = fresh_namespace(&ctx.client, &format!("bench-o{orders}")).await;
     let mut operator = start_operator(ctx, &ns, &format!("operator-{orders}"));
     wait_ready(operator.probe(), Duration::from_secs(60)).await?;
@@ -147,8 +151,9 @@ pub async fn run_point(
     let driver = Driver::new(&ctx.client, &ns, c);
     let (generator, start, last_write) = drive(&driver, &plan).await?;
     say(format!(
-        "  generator done after {:.1}s ({:.1}s with no operator)",
-        generator.seconds, generator_alone
+        "  generator done after {:.1}s ({} with no operator)",
+        generator.seconds,
+        generator_alone.map_or("not timed".into(), |s| format!("{s:.1}s"))
     ));
 
     // Convergence, as the watch sees it.

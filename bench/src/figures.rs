@@ -14,8 +14,9 @@ pub struct ConvergePoint {
     pub concurrency: usize,
     pub seed: u64,
     pub generator: Generator,
-    /// The generator's time for the same plan on a namespace no operator watches, just before.
-    pub generator_alone_seconds: f64,
+    /// The generator's time for the same plan on a namespace no operator watches, just before
+    /// (none with --no-alone).
+    pub generator_alone_seconds: Option<f64>,
     /// From the generator's last write to the first moment a watch saw every Customer with its
     /// expected standing.
     pub converge_lag_seconds: f64,

@@ -15,7 +15,7 @@ use kube::{
 use reserve_operator::{
     controller::{
         customer,
-        index::{Index, OrderKey},
+        index::{CustomerKey, Index, OrderKey},
         order,
     },
     crd::{Customer, Order},
@@ -85,7 +85,8 @@ pub async fn measure(
         patches.push((true, name(o), json!({ "status": status })));
     }
     for c in &customers {
-        let status = customer::desired_status(c, None, &index, &policy, now);
+        let key = CustomerKey::new(ns.as_str(), name(c));
+        let status = customer::desired_status(&key, Some(1), None, &index, &policy, now);
         patches.push((false, name(c), json!({ "status": status })));
     }
 

@@ -67,6 +67,9 @@ struct Args {
     /// Skip the floor measurement.
     #[arg(long)]
     no_floor: bool,
+    /// Skip the generator's run with no operator (e.g. for a point that measures only memory).
+    #[arg(long)]
+    no_alone: bool,
     /// Skip the converge points (e.g. to run only --freshness).
     #[arg(long)]
     skip_converge: bool,
@@ -134,6 +137,8 @@ pub struct Context {
     pub converge_timeout: u64,
     pub settle: u64,
     pub floor: bool,
+    /// Whether each converge point first times the generator with no operator.
+    pub alone: bool,
     pub rate: f64,
     pub seconds: f64,
     pub flowschema: bool,
@@ -235,6 +240,7 @@ async fn run(args: Args) -> Result<(), String> {
         converge_timeout: args.converge_timeout,
         settle: args.settle,
         floor: !args.no_floor,
+        alone: !args.no_alone,
         rate: args.rate[0],
         seconds: args.seconds,
         flowschema: args.flowschema != FlowSchema::Off,

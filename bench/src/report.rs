@@ -42,16 +42,17 @@ pub fn targets(
                 big.audit.customer_status_writes_per_transition
             ),
         ));
-        targets.push(Target::new(
-            "users first: the generator within 10% of its time with no operator",
-            big.generator.seconds <= 1.1 * big.generator_alone_seconds,
-            format!(
-                "{:.1} s against {:.1} s ({:+.0}%)",
-                big.generator.seconds,
-                big.generator_alone_seconds,
-                (big.generator.seconds / big.generator_alone_seconds - 1.0) * 100.0
-            ),
-        ));
+        if let Some(alone) = big.generator_alone_seconds {
+            targets.push(Target::new(
+                "users first: the generator within 10% of its time with no operator",
+                big.generator.seconds <= 1.1 * alone,
+                format!(
+                    "{:.1} s against {alone:.1} s ({:+.0}%)",
+                    big.generator.seconds,
+                    (big.generator.seconds / alone - 1.0) * 100.0
+                ),
+            ));
+        }
         targets.push(Target::new(
             "burst: customer status writes <= 0.5 per order transition (they fold)",
             big.audit.customer_status_writes_per_transition <= 0.5,
@@ -285,7 +286,7 @@ pub fn render(summary: &Summary) -> String {
         }),
         ("generator time (s)", |p| f(p.generator.seconds, 1)),
         ("  with no operator (s)", |p| {
-            f(p.generator_alone_seconds, 1)
+            p.generator_alone_seconds.map_or("-".into(), |s| f(s, 1))
         }),
         ("converge lag (s)", |p| f(p.converge_lag_seconds, 3)),
         ("floor: final status writes", |p| {

@@ -1,5 +1,5 @@
-//! The metrics counted at each scrape from the caches: ledgers, orders absorbed, customers per
-//! level and those whose settled history is missing.
+//! The metrics counted at each scrape from the caches and the index: ledgers, orders absorbed,
+//! customers per level and those whose settled history is missing.
 
 use kube::runtime::reflector::Store;
 use prometheus_client::{
@@ -8,8 +8,8 @@ use prometheus_client::{
     metrics::{MetricType, gauge::ConstGauge},
 };
 
-use super::customer;
-use crate::crd::{Customer, Ledger};
+use super::context::SharedIndex;
+use crate::crd::Ledger;
 
 /// `reserve_ledgers` and `reserve_orders_absorbed`: ledgers in the cache, and the orders
 /// absorbed in them that they have not forgotten yet, counted at each scrape.
@@ -39,25 +39,25 @@ impl Collector for LedgerCounts {
     }
 }
 
-/// `reserve_customers{level}`: customers per level in the cache, and
+/// `reserve_customers{level}`: customers per level in the index, and
 /// `reserve_customers_settled_history_missing`: those whose Ledger is missing, counted at each
 /// scrape.
 #[derive(Debug)]
-pub struct CustomersPerLevel(pub Store<Customer>);
+pub struct CustomersPerLevel(pub SharedIndex);
 
 impl Collector for CustomersPerLevel {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut counts = std::collections::BTreeMap::<String, i64>::new();
         let mut missing = 0;
-        for customer in self.0.state() {
-            let Some(status) = customer.status.as_ref() else {
-                continue;
-            };
-            if let Some(level) = status.level.clone() {
-                *counts.entry(level).or_default() += 1;
-            }
-            if customer::settled_history_missing(status) {
-                missing += 1;
+        {
+            let index = self.0.read().unwrap_or_else(|p| p.into_inner());
+            for status in index.customers().filter_map(|(_, c)| c.status.as_ref()) {
+                if let Some(level) = &status.level {
+                    *counts.entry(level.to_string()).or_default() += 1;
+                }
+                if status.settled_history_missing {
+                    missing += 1;
+                }
             }
         }
         let mut family = encoder.encode_descriptor(

@@ -91,10 +91,13 @@ where
     }
 }
 
+/// The index, shared by the reconcilers, the watches and the metrics counted at scrape.
+pub type SharedIndex = Arc<RwLock<Index>>;
+
 pub struct Context {
     client: Client,
     pub policy: LevelPolicy,
-    index: RwLock<Index>,
+    index: SharedIndex,
     pub customers: Kind<Customer, CustomerStatus>,
     pub orders: Kind<Order, OrderStatus>,
     pub fence: Fence,
@@ -116,6 +119,7 @@ impl Context {
         fence: Fence,
         metrics: Arc<Metrics>,
         readiness: Readiness,
+        index: SharedIndex,
     ) -> Self {
         let freshness = Arc::<Freshness>::default();
         let guards = Guards {
@@ -127,7 +131,7 @@ impl Context {
         Self {
             client: client.clone(),
             policy,
-            index: RwLock::default(),
+            index,
             customers: Kind::new(client.clone(), CUSTOMER_CONTROLLER, guards.clone()),
             orders: Kind::new(client.clone(), ORDER_CONTROLLER, guards),
             fence,

@@ -1,46 +1,40 @@
-//! Customer reconciler: the status is a function of the customer's orders in the index.
+//! Customer reconciler: the status is a function of the customer's orders in the index. It
+//! reads the customer from the index too (the operator keeps no cache of whole Customers).
 
 use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
-use kube::{
-    Resource,
-    runtime::{events::EventType, reflector::ObjectRef},
-};
+use kube::runtime::events::EventType;
 use tracing::{debug, info, warn};
 
+pub use super::seen::SETTLED_HISTORY_MISSING;
 use super::{
     conditions::{self, Observation},
     context::Context,
     error::Outcome,
-    index::{self, CustomerKey, Index},
+    index::{CustomerKey, Index},
     restore,
+    seen::SeenCustomerStatus,
 };
 use crate::{
     crd::{Customer, CustomerStatus, READY, SettledHistory},
     loyalty::LevelPolicy,
-    runtime_ext::Note,
+    runtime_ext::{Note, regarding},
 };
 
-/// The Ready reason of a customer whose Ledger is missing while its status shows settled
-/// history: the score counts that history as last seen, not lowered, until the Ledger is back.
-pub const SETTLED_HISTORY_MISSING: &str = "SettledHistoryMissing";
-
-/// The status `customer` should have: its orders' tally (and its Ledger's) under `policy`,
-/// computed for its generation. `current` keeps the Ready condition's transition time; `now` is
+/// The status the customer `key` (at `generation`) should have: its orders' tally (and its
+/// Ledger's) under `policy`. `current` keeps the Ready condition's transition time; `now` is
 /// when a new one starts.
 pub fn desired_status(
-    customer: &Customer,
-    current: Option<&CustomerStatus>,
+    key: &CustomerKey,
+    generation: Option<i64>,
+    current: Option<&SeenCustomerStatus>,
     index: &Index,
     policy: &LevelPolicy,
     now: Timestamp,
 ) -> CustomerStatus {
-    let key = CustomerKey::of_customer(customer);
-    let tally = index.tally_of(&key, None);
-    let missing = index.settled_history_missing(&key);
-    let generation = customer.metadata.generation;
-    let previous = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let tally = index.tally_of(key, None);
+    let missing = index.settled_history_missing(key);
     let observation = match missing {
         None => Observation {
             type_: READY,
@@ -67,10 +61,10 @@ pub fn desired_status(
             ),
         },
     };
-    let ready = conditions::condition(previous, observation, generation, now);
+    let ready = conditions::condition(&current, observation, generation, now);
     let mut status = CustomerStatus::new(policy.standing(&tally), generation, vec![ready]);
     status.settled = index
-        .settled_of(&key)
+        .settled_of(key)
         .or(missing)
         .map(|settled| SettledHistory {
             score: settled.score,
@@ -85,36 +79,69 @@ pub fn settled_history_missing(status: &CustomerStatus) -> bool {
     conditions::find(&status.conditions, READY).is_some_and(|c| c.reason == SETTLED_HISTORY_MISSING)
 }
 
-/// Reconciles `customer` (as cached): writes the status it should have, if it differs from
-/// the one it has as far as this process knows.
-pub async fn reconcile(customer: Arc<Customer>, ctx: &Context) -> Outcome {
+/// A status write a customer needs.
+struct Write {
+    resource_version: String,
+    status: CustomerStatus,
+    /// The level it showed before, and whether it said its settled history was missing.
+    level_before: Option<Arc<str>>,
+    was_missing: bool,
+    uid: Box<str>,
+}
+
+/// Reconciles the customer `key` (as the index has it): writes the status it should have, if
+/// it differs from the one it has as far as this process knows. Ok(Some(wait)) means "look
+/// again after `wait`".
+pub async fn reconcile(key: &CustomerKey, ctx: &Context) -> Outcome {
     let kind = &ctx.customers;
-    let key = ObjectRef::from_obj(&*customer);
-    let current = kind.writer.current(&customer, customer.status.as_ref());
+    let object = key.customer_ref();
     let now = Timestamp::now();
-    let desired = desired_status(
-        &customer,
-        current.status.as_ref(),
-        &ctx.index(),
-        &ctx.policy,
-        now,
-    );
-    if current.status.as_ref() == Some(&desired) {
-        debug!("status up to date");
-        return Ok(None);
-    }
-    if let Some(wait) = restore::hold(index::restored_at(customer.meta()), now) {
-        let shown = current.status.as_ref().filter(|s| s.level.is_some());
-        if shown.is_none_or(|s| desired.score < s.score) {
-            debug!(
-                ?wait,
-                "restored moments ago: its status is the restore's, and its score is not \
-                 lowered while the rest of the restore may be on its way"
-            );
-            return Ok(Some(wait));
+    let write = {
+        let index = ctx.index();
+        let Some(seen) = index.customer(key) else {
+            debug!("gone before its reconcile");
+            return Ok(None);
+        };
+        let (resource_version, current) =
+            match kind.writer.unseen_write(&object, &seen.resource_version) {
+                Some((produced, written)) => (
+                    produced,
+                    Some(SeenCustomerStatus::of(&written, |level| Arc::from(level))),
+                ),
+                None => (seen.resource_version.to_string(), seen.status.clone()),
+            };
+        let desired = desired_status(
+            key,
+            seen.generation,
+            current.as_ref(),
+            &index,
+            &ctx.policy,
+            now,
+        );
+        if current.as_ref().is_some_and(|c| c.shows(&desired)) {
+            debug!("status up to date");
+            return Ok(None);
         }
-    }
-    if let Err(wait) = kind.pace(&key) {
+        if let Some(wait) = restore::hold(seen.restored_at, now) {
+            let shown = current.as_ref().filter(|s| s.level.is_some());
+            if shown.is_none_or(|s| desired.score < s.score) {
+                debug!(
+                    ?wait,
+                    "restored moments ago: its status is the restore's, and its score is not \
+                     lowered while the rest of the restore may be on its way"
+                );
+                return Ok(Some(wait));
+            }
+        }
+        Write {
+            resource_version,
+            status: desired,
+            level_before: current.as_ref().and_then(|c| c.level.clone()),
+            was_missing: current.is_some_and(|c| c.settled_history_missing),
+            uid: seen.uid.clone(),
+        }
+    };
+    if let Err(wait) = kind.pace(&object) {
         debug!(
             ?wait,
             "written often lately; the next write folds this change in"
@@ -122,22 +149,19 @@ pub async fn reconcile(customer: Arc<Customer>, ctx: &Context) -> Outcome {
         return Ok(Some(wait));
     }
     kind.writer
-        .write(&key, &current.resource_version, &desired)
+        .write(&object, &write.resource_version, &write.status)
         .await?;
-    publish_level_change(&customer, current.status.as_ref(), &desired, ctx).await;
-    publish_missing_history(&customer, current.status.as_ref(), &desired, ctx).await;
+    publish_level_change(key, &write, ctx).await;
+    publish_missing_history(key, &write, ctx).await;
     Ok(None)
 }
 
-async fn publish_level_change(
-    customer: &Customer,
-    before: Option<&CustomerStatus>,
-    after: &CustomerStatus,
-    ctx: &Context,
-) {
+async fn publish_level_change(key: &CustomerKey, write: &Write, ctx: &Context) {
+    let after = &write.status;
     let new_level = after.level.as_deref().unwrap_or_default();
-    let Some(old_level) = before
-        .and_then(|s| s.level.as_deref())
+    let Some(old_level) = write
+        .level_before
+        .as_deref()
         .filter(|old| *old != new_level)
     else {
         return;
@@ -156,23 +180,19 @@ async fn publish_level_change(
         action: format!("{old_level}To{new_level}"),
         note: format!("level {old_level} -> {new_level} (score {})", after.score),
     };
-    if let Err(error) = ctx.events.publish(note, customer.object_ref(&())).await {
+    let regarding = regarding::<Customer>(&key.namespace, &key.name, &write.uid);
+    if let Err(error) = ctx.events.publish(note, regarding).await {
         warn!(%error, "could not record the LevelChanged event");
     }
 }
 
 /// One Warning Event when a customer's settled history goes missing.
-async fn publish_missing_history(
-    customer: &Customer,
-    before: Option<&CustomerStatus>,
-    after: &CustomerStatus,
-    ctx: &Context,
-) {
-    if !settled_history_missing(after) || before.is_some_and(settled_history_missing) {
+async fn publish_missing_history(key: &CustomerKey, write: &Write, ctx: &Context) {
+    if !settled_history_missing(&write.status) || write.was_missing {
         return;
     }
     warn!("the customer's Ledger is missing; its settled history counts as last seen");
-    let message = conditions::find(&after.conditions, READY)
+    let message = conditions::find(&write.status.conditions, READY)
         .map(|c| c.message.clone())
         .unwrap_or_default();
     let note = Note {
@@ -181,7 +201,8 @@ async fn publish_missing_history(
         action: "Count".into(),
         note: message,
     };
-    if let Err(error) = ctx.events.publish(note, customer.object_ref(&())).await {
+    let regarding = regarding::<Customer>(&key.namespace, &key.name, &write.uid);
+    if let Err(error) = ctx.events.publish(note, regarding).await {
         warn!(%error, "could not record the SettledHistoryMissing event");
     }
 }
@@ -217,6 +238,20 @@ mod tests {
         );
         order.metadata.namespace = Some("ns".into());
         order
+    }
+
+    /// The desired status of `customer`, with `current` as its status now.
+    fn desired_status(
+        customer: &Customer,
+        current: Option<&CustomerStatus>,
+        index: &Index,
+        policy: &LevelPolicy,
+        now: Timestamp,
+    ) -> CustomerStatus {
+        let key = CustomerKey::of_customer(customer);
+        let current = current.map(|s| SeenCustomerStatus::of(s, |level| Arc::from(level)));
+        let generation = customer.metadata.generation;
+        super::desired_status(&key, generation, current.as_ref(), index, policy, now)
     }
 
     fn index_of(orders: &[Order]) -> Index {

@@ -79,8 +79,8 @@ impl Watchable for Customer {
     type Listed = ListedCustomer;
     const KIND: Watched = Watched::Customers;
 
-    fn listed(_: &mut Index, customer: &Self) -> ListedCustomer {
-        Index::listed_customer(customer)
+    fn listed(index: &mut Index, customer: &Self) -> ListedCustomer {
+        index.listed_customer(customer)
     }
 
     fn reset(index: &mut Index, listed: Vec<ListedCustomer>) -> Wakes {

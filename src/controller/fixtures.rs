@@ -44,6 +44,7 @@ pub fn context_fenced(client: Client, fence: Fence) -> Arc<Context> {
         fence,
         Arc::new(Metrics::new(&METRIC_LABELS, Vec::new())),
         readiness,
+        Arc::default(),
     ))
 }
 

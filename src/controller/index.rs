@@ -18,7 +18,7 @@ use kube::{Resource, ResourceExt, runtime::reflector::ObjectRef};
 
 use super::{
     declared, restore,
-    seen::{SeenOrder, SeenStatus},
+    seen::{SeenCustomer, SeenCustomerStatus, SeenOrder, SeenStatus},
 };
 use crate::{
     crd::{Customer, Ledger, Order, OrderState},
@@ -106,6 +106,13 @@ impl CustomerKey {
         )
     }
 
+    pub fn of_ref(customer: &ObjectRef<Customer>) -> Self {
+        Self::new(
+            customer.namespace.clone().unwrap_or_default(),
+            customer.name.clone(),
+        )
+    }
+
     pub fn customer_ref(&self) -> ObjectRef<Customer> {
         ObjectRef::new(&self.name).within(&self.namespace)
     }
@@ -135,11 +142,12 @@ pub struct ListedCustomer {
     known: KnownCustomer,
 }
 
-/// What the index keeps of a Customer.
+/// What the index keeps of a Customer (the operator keeps no other copy of Customers).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct KnownCustomer {
-    /// A hash of the uid: a customer deleted and created again under its name is a new one.
-    uid: u64,
+    /// Its identity and status; a customer deleted and created again under its name (another
+    /// uid) is a new one.
+    seen: SeenCustomer,
     /// The settled history its status showed last (what its Ledger added), if any: what counts
     /// while the Ledger is missing, so a score never drops because it was not restored.
     settled: Option<Tally>,
@@ -230,7 +238,7 @@ impl Index {
     }
 
     /// What the index keeps of a Customer.
-    pub fn listed_customer(customer: &Customer) -> ListedCustomer {
+    pub fn listed_customer(&mut self, customer: &Customer) -> ListedCustomer {
         let settled = customer
             .status
             .as_ref()
@@ -244,7 +252,16 @@ impl Index {
         ListedCustomer {
             key: CustomerKey::of_customer(customer),
             known: KnownCustomer {
-                uid: uid_hash(customer.uid()),
+                seen: SeenCustomer {
+                    uid: customer.uid().unwrap_or_default().into(),
+                    resource_version: customer.resource_version().unwrap_or_default().into(),
+                    generation: customer.metadata.generation,
+                    restored_at: restored_at(customer.meta()),
+                    status: customer
+                        .status
+                        .as_ref()
+                        .map(|status| SeenCustomerStatus::of(status, |level| self.level(level))),
+                },
                 settled,
             },
         }
@@ -340,8 +357,11 @@ impl Index {
 
     /// Records an added or changed Customer. Returns its Orders when the customer is new.
     pub fn apply_customer(&mut self, customer: &Customer) -> Vec<OrderKey> {
-        let ListedCustomer { key, known } = Self::listed_customer(customer);
-        let is_new = self.customers.get(&key).is_none_or(|k| k.uid != known.uid);
+        let ListedCustomer { key, known } = self.listed_customer(customer);
+        let is_new = self
+            .customers
+            .get(&key)
+            .is_none_or(|k| k.seen.uid != known.seen.uid);
         let orders = if is_new {
             self.order_refs(&key)
         } else {
@@ -367,9 +387,12 @@ impl Index {
             listed.into_iter().map(|c| (c.key, c.known)).collect();
         let old = std::mem::replace(&mut self.customers, customers);
         let keys: HashSet<&CustomerKey> = old.keys().chain(self.customers.keys()).collect();
-        let uid = |customers: &HashMap<CustomerKey, KnownCustomer>, key: &CustomerKey| {
-            customers.get(key).map(|k| k.uid)
-        };
+        fn uid<'a>(
+            customers: &'a HashMap<CustomerKey, KnownCustomer>,
+            key: &CustomerKey,
+        ) -> Option<&'a str> {
+            customers.get(key).map(|k| &*k.seen.uid)
+        }
         keys.into_iter()
             .filter(|key| uid(&old, key) != uid(&self.customers, key))
             .flat_map(|key| self.order_refs(key))
@@ -447,6 +470,16 @@ impl Index {
 
     pub fn has_customer(&self, key: &CustomerKey) -> bool {
         self.customers.contains_key(key)
+    }
+
+    /// One customer, if the index holds it.
+    pub fn customer(&self, key: &CustomerKey) -> Option<&SeenCustomer> {
+        self.customers.get(key).map(|known| &known.seen)
+    }
+
+    /// Every customer.
+    pub fn customers(&self) -> impl Iterator<Item = (&CustomerKey, &SeenCustomer)> {
+        self.customers.iter().map(|(key, known)| (key, &known.seen))
     }
 
     /// The orders of one customer, by name.

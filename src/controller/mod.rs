@@ -1,9 +1,9 @@
 //! The two controllers and how watch events reach them.
 //!
 //! One watch per kind feeds the shared [`Index`] on every replica, leader or not, so a standby
-//! that takes over has everything at hand and needs no re-list. Customers and Ledgers are also
-//! kept whole in reflector caches; Orders are not: the index keeps what their reconciler reads
-//! ([`seen`]), a quarter of the memory. Only the Lease holder reconciles: each term starts one
+//! that takes over has everything at hand and needs no re-list. Ledgers are also kept whole in a
+//! reflector cache; Customers and Orders are not: the index keeps what their reconcilers read
+//! ([`seen`]), a quarter of the memory or less. Only the Lease holder reconciles: each term starts one
 //! queue per kind ([`queue`]), reconciles every object once, then whatever the watches wake
 //! ([`feed`]). A queue runs at most one reconcile per object at a time and folds the wakes that
 //! arrive meanwhile into one more, so a busy object is written as fast as the API server
@@ -46,7 +46,7 @@ mod triggers;
 mod watches;
 
 pub use collectors::{CustomersPerLevel, LedgerCounts};
-pub use context::Context;
+pub use context::{Context, SharedIndex};
 pub use error::{Error, METRIC_LABELS};
 pub use feed::Wakes;
 pub use index::{Index, OrderKey};

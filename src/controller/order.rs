@@ -4,10 +4,8 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::{
-    api::core::v1::ObjectReference, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
-};
-use kube::{Resource, runtime::events::EventType};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::runtime::events::EventType;
 use tracing::{debug, warn};
 
 use super::{
@@ -21,7 +19,7 @@ use super::{
 use crate::{
     crd::{CUSTOMER_FOUND, Order, OrderStatus, READY},
     loyalty::{LevelPolicy, MISSING_CUSTOMER_LEVEL},
-    runtime_ext::Note,
+    runtime_ext::{Note, regarding},
 };
 
 pub const CUSTOMER_NOT_FOUND: &str = "CustomerNotFound";
@@ -183,14 +181,7 @@ pub async fn reconcile(key: &OrderKey, ctx: &Context) -> Outcome {
                 key.customer.name
             ),
         };
-        let regarding = ObjectReference {
-            api_version: Some(Order::api_version(&()).into()),
-            kind: Some(Order::kind(&()).into()),
-            name: Some(key.name.clone()),
-            namespace: Some(key.customer.namespace.clone()),
-            uid: Some(write.uid.into()),
-            ..ObjectReference::default()
-        };
+        let regarding = regarding::<Order>(&key.customer.namespace, &key.name, &write.uid);
         if let Err(error) = ctx.events.publish(note, regarding).await {
             warn!(%error, "could not record the CustomerNotFound event");
         }

@@ -41,12 +41,6 @@ pub const FIELD_MANAGER: &str = "reserve-operator";
 /// shows up in the watch like anyone else's.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The status an object has now as far as this process knows, and its resourceVersion.
-pub struct Current<S> {
-    pub resource_version: String,
-    pub status: Option<S>,
-}
-
 /// What every write needs besides its object: whether this replica may write now (it holds a
 /// fresh Lease, and its index is one moment of the store), and where it reports.
 #[derive(Clone)]
@@ -132,22 +126,6 @@ where
                 None => None,
             })
             .flatten()
-    }
-
-    /// What `obj` (as cached, with `cached` status) has now: this process's own write on top of
-    /// the cached version if the cache has not caught up, else the cache.
-    pub fn current(&self, obj: &K, cached: Option<&S>) -> Current<S> {
-        let cached_version = obj.resource_version().unwrap_or_default();
-        match self.unseen_write(&ObjectRef::from_obj(obj), &cached_version) {
-            Some((resource_version, status)) => Current {
-                resource_version,
-                status: Some(status),
-            },
-            None => Current {
-                resource_version: cached_version,
-                status: cached.cloned(),
-            },
-        }
     }
 
     /// The watch delivered `key` at `version`. True when it is the echo of this process's own
@@ -287,6 +265,16 @@ mod tests {
         )
     }
 
+    /// What `cached` has now as far as `writer` knows (as the reconcilers read it): its
+    /// resourceVersion and score.
+    fn current(writer: &Writer, cached: &Customer) -> (String, i64) {
+        let version = cached.resource_version().unwrap();
+        match writer.unseen_write(&ObjectRef::from_obj(cached), &version) {
+            Some((produced, status)) => (produced, status.score),
+            None => (version, cached.status.as_ref().unwrap().score),
+        }
+    }
+
     fn echo(writer: &Writer, seen: &Customer) -> bool {
         writer.is_own_echo(
             &ObjectRef::from_obj(seen),
@@ -342,20 +330,13 @@ mod tests {
             .await
             .expect("written");
         // The cache still shows version 1: what was written is current, at version 2.
-        let current = writer.current(&cached, cached.status.as_ref());
-        assert_eq!(current.status.unwrap().score, 2);
-        assert_eq!(current.resource_version, "2");
+        assert_eq!(current(&writer, &cached), ("2".into(), 2));
         assert!(!echo(&writer, &cached), "the old version is not news");
         // The watch delivers version 2: the operator's own write, which wakes nothing.
         let echo_2 = customer("2", 2);
         assert!(echo(&writer, &echo_2));
         assert_eq!(writer.objects.len(), 0, "nothing left pending");
-        assert_eq!(
-            writer
-                .current(&echo_2, echo_2.status.as_ref())
-                .resource_version,
-            "2"
-        );
+        assert_eq!(current(&writer, &echo_2), ("2".into(), 2));
     }
 
     #[test]
@@ -401,14 +382,7 @@ mod tests {
             .expect("written");
         let forged = customer("3", 99);
         assert!(!echo(&writer, &forged));
-        let current = writer.current(&forged, forged.status.as_ref());
-        assert_eq!(
-            (
-                current.resource_version.as_str(),
-                current.status.unwrap().score
-            ),
-            ("3", 99)
-        );
+        assert_eq!(current(&writer, &forged), ("3".into(), 99));
     }
 
     #[tokio::test]
@@ -428,14 +402,7 @@ mod tests {
         .await;
         assert_eq!(failed.unwrap_err().kind(), ErrorKind::Conflict);
         // Someone else wrote meanwhile: the cache, not the last write, is what the object has.
-        let current = writer.current(&cached, cached.status.as_ref());
-        assert_eq!(
-            (
-                current.resource_version.as_str(),
-                current.status.unwrap().score
-            ),
-            ("1", 1)
-        );
+        assert_eq!(current(&writer, &cached), ("1".into(), 1));
         assert_eq!(
             writer.guards.readiness.failed_writes(),
             0,

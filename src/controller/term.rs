@@ -10,13 +10,14 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::{FutureExt, future};
 use kube::{Resource, runtime::reflector::ObjectRef};
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, info, info_span};
 
 use super::{
     context::{Context, Kind},
     customer,
     error::Outcome,
     feed::Wakes,
+    index::CustomerKey,
     order, queue, settlement,
     watches::{self, Caches},
 };
@@ -80,16 +81,19 @@ pub async fn lead(
     let queues = ctx.triggers.open();
     // Everything at the start of the term, then every RESYNC.
     let sweep = {
-        let (ctx, customers) = (ctx.clone(), caches.customers.clone());
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(RESYNC);
             loop {
                 every.tick().await;
-                let orders = watches::every_order(&ctx.index());
-                ctx.triggers.sweep(Wakes {
-                    customers: watches::every_customer(&customers),
-                    orders,
-                });
+                let wakes = {
+                    let index = ctx.index();
+                    Wakes {
+                        customers: watches::every_customer(&index),
+                        orders: watches::every_order(&index),
+                    }
+                };
+                ctx.triggers.sweep(wakes);
             }
         })
     };
@@ -104,15 +108,12 @@ pub async fn lead(
     info!("reconciling");
 
     let concurrency = CONCURRENCY.into();
-    let customers = queue::run(queues.customers, stop.clone(), concurrency, |key| {
-        let (ctx, cached) = (ctx.clone(), caches.customers.get(&key));
+    let customers = queue::run(queues.customers, stop.clone(), concurrency, |object| {
+        let ctx = ctx.clone();
         async move {
-            let Some(customer) = cached else {
-                debug!(object = %key, "gone before its reconcile");
-                return None;
-            };
+            let key = CustomerKey::of_ref(&object);
             let kind = &ctx.customers;
-            settle(&ctx, kind, &key, customer::reconcile(customer, &ctx)).await
+            settle(&ctx, kind, &object, customer::reconcile(&key, &ctx)).await
         }
     });
     let orders = queue::run(queues.orders, stop, concurrency, |key| {

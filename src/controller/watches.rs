@@ -27,27 +27,24 @@ use crate::{
     crd::{Customer, Ledger, Order},
 };
 
-/// The caches of whole objects, filled by the watches (Orders have none: see [`seen`]).
+/// The caches of whole objects, filled by the watches: Ledgers only (the index keeps what the
+/// reconcilers read of Customers and Orders: see [`seen`]).
 #[derive(Clone)]
 pub struct Caches {
-    pub customers: Store<Customer>,
     pub ledgers: Store<Ledger>,
 }
 
 /// Where the watches write what the caches hold.
 pub struct CacheWriters {
-    pub(super) customers: reflector::store::Writer<Customer>,
     pub(super) ledgers: reflector::store::Writer<Ledger>,
 }
 
 /// Empty caches, and what fills them.
 pub fn caches() -> (Caches, CacheWriters) {
-    let (customers, customer_writer) = reflector::store();
     let (ledgers, ledger_writer) = reflector::store();
     (
-        Caches { customers, ledgers },
+        Caches { ledgers },
         CacheWriters {
-            customers: customer_writer,
             ledgers: ledger_writer,
         },
     )
@@ -60,21 +57,19 @@ pub fn watch(
     namespace: Option<&str>,
     initial_list: InitialList,
     ctx: &Arc<Context>,
-    caches: &Caches,
     writers: CacheWriters,
 ) -> Watches {
-    let customers = caches.customers.clone();
     let config = match initial_list {
         InitialList::Streaming => watcher::Config::default().streaming_lists(),
         InitialList::Paged | InitialList::Auto => watcher::Config::default().any_semantic(),
     };
     Watches(vec![
-        tokio::spawn(run_watch(
+        tokio::spawn(run_watch::<Customer>(
             api(client, namespace),
             config.clone(),
-            Some(writers.customers),
-            feed::feed(ctx.clone(), move |_| Wakes {
-                customers: every_customer(&customers),
+            None,
+            feed::feed(ctx.clone(), |index| Wakes {
+                customers: every_customer(index),
                 ..Wakes::default()
             }),
             ctx.clone(),
@@ -257,11 +252,10 @@ where
     }
 }
 
-pub(super) fn every_customer(customers: &Store<Customer>) -> Vec<ObjectRef<Customer>> {
-    customers
-        .state()
-        .iter()
-        .map(|c| ObjectRef::from_obj(c.as_ref()))
+pub(super) fn every_customer(index: &Index) -> Vec<ObjectRef<Customer>> {
+    index
+        .customers()
+        .map(|(key, _)| key.customer_ref())
         .collect()
 }
 

@@ -53,6 +53,22 @@ pub struct Note {
     pub note: String,
 }
 
+/// The object of kind `K` named `name` in `namespace`, with `uid`, as an Event names it.
+pub fn regarding<K: kube::Resource<DynamicType = ()>>(
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(K::api_version(&()).into()),
+        kind: Some(K::kind(&()).into()),
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        uid: Some(uid.into()),
+        ..ObjectReference::default()
+    }
+}
+
 impl EventPublisher {
     pub fn new(client: Client, controller: &str, instance: &str) -> Self {
         Self {

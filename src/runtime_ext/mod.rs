@@ -9,4 +9,4 @@ mod events;
 
 pub use backoff::Backoff;
 pub use conditional_lease::conditional_lease_writes;
-pub use events::{EventPublisher, Note};
+pub use events::{EventPublisher, Note, regarding};

@@ -252,7 +252,7 @@ fn reset_wakes_what_changed_while_the_watch_was_away() {
     index.apply_customer(&customer("ns", "carol", "u3"));
     let relisted = [customer("ns", "alice", "u1"), customer("ns", "dana", "u4")]
         .iter()
-        .map(Index::listed_customer)
+        .map(|c| index.listed_customer(c))
         .collect();
     let mut woken: Vec<_> = index
         .reset_customers(relisted)

@@ -49,8 +49,8 @@ pub use rules::{absorb, is_due, release};
 
 use super::{context::Context, index::CustomerKey, status::FIELD_MANAGER, watches::Caches};
 use crate::{
-    crd::{AbsorbedOrder, Ledger, LedgerSpec, Order, OrderState},
-    runtime_ext::Note,
+    crd::{AbsorbedOrder, Customer, Ledger, LedgerSpec, Order, OrderState},
+    runtime_ext::{Note, regarding},
 };
 
 /// The label that opts a namespace in.
@@ -422,7 +422,7 @@ impl Settler {
     /// One Event on the customer per batch: the next of the customer's `Settled` series, so that
     /// etcd holds one such Event per customer, not one per batch.
     async fn announce(&self, key: &CustomerKey, batch: &[&AbsorbedOrder]) {
-        let Some(customer) = self.caches.customers.get(&key.customer_ref()) else {
+        let Some(uid) = self.ctx.index().customer(key).map(|c| c.uid.clone()) else {
             return;
         };
         let points: i64 = batch
@@ -442,7 +442,11 @@ impl Settler {
         if let Err(error) = self
             .ctx
             .events
-            .publish_series("settled", note, customer.object_ref(&()))
+            .publish_series(
+                "settled",
+                note,
+                regarding::<Customer>(&key.namespace, &key.name, &uid),
+            )
             .await
         {
             warn!(%error, "could not record the Settled event");

@@ -12,6 +12,7 @@ use super::super::{
     Context, customer,
     error::{ErrorKind, Outcome},
     fixtures::{self, ApiServer, Exchange, written_customer},
+    index::CustomerKey,
     restore,
 };
 use crate::{
@@ -30,8 +31,15 @@ fn alice(ctx: &Context, version: &str) -> Arc<Customer> {
     alice.metadata.generation = Some(1);
     alice.metadata.resource_version = Some(version.into());
     ctx.index_mut().apply_customer(&alice);
-    let bronze =
-        customer::desired_status(&alice, None, &ctx.index(), &ctx.policy, Timestamp::now());
+    let key = CustomerKey::of_customer(&alice);
+    let bronze = customer::desired_status(
+        &key,
+        Some(1),
+        None,
+        &ctx.index(),
+        &ctx.policy,
+        Timestamp::now(),
+    );
     alice.status = Some(bronze);
     Arc::new(alice)
 }
@@ -53,9 +61,11 @@ fn completed(ctx: &Context, name: &str, quantity: i32) {
     ctx.index_mut().apply_order(&order);
 }
 
-fn reconcile(ctx: &Arc<Context>, alice: &Arc<Customer>) -> tokio::task::JoinHandle<Outcome> {
-    let (ctx, alice) = (ctx.clone(), alice.clone());
-    tokio::spawn(async move { customer::reconcile(alice, &ctx).await })
+/// Reconciles alice as the watch last showed her: `alice`.
+fn reconcile(ctx: &Arc<Context>, alice: &Customer) -> tokio::task::JoinHandle<Outcome> {
+    ctx.index_mut().apply_customer(alice);
+    let (ctx, key) = (ctx.clone(), CustomerKey::of_customer(alice));
+    tokio::spawn(async move { customer::reconcile(&key, &ctx).await })
 }
 
 /// The next request, which must be alice's status write conditional on `version`.
@@ -227,8 +237,6 @@ async fn a_restored_customers_score_is_not_lowered_during_the_restore() {
     restored.metadata.resource_version = Some("20".into());
     restored.metadata.labels = Some([(restore::RESTORE_LABEL.into(), "r1".into())].into());
     restored.metadata.creation_timestamp = Some(Time(Timestamp::now()));
-    let restored = Arc::new(restored);
-    ctx.index_mut().apply_customer(&restored);
     let emptied = ctx.index_mut().delete_order(&{
         let mut order = Order::new(
             "a",

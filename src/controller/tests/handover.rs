@@ -67,18 +67,11 @@ async fn next_order_write(server: &mut fixtures::ApiServer, version: &mut u64) -
 async fn a_new_leader_writes_each_stale_receipt_once_and_a_change_first() {
     let (client, mut server) = fixtures::mock_client();
     let ctx = fixtures::context(client);
-    let (caches, mut writers) = caches();
+    let (caches, _writers) = caches();
     let mut alice = Customer::new("alice", CustomerSpec::default());
     alice.metadata.namespace = Some(NS.into());
     alice.metadata.uid = Some("alice-1".into());
     alice.metadata.resource_version = Some("1".into());
-    for event in [
-        watcher::Event::Init,
-        watcher::Event::InitApply(alice.clone()),
-        watcher::Event::InitDone,
-    ] {
-        writers.customers.apply_watcher_event(&event);
-    }
     // 150 orders while nobody led: 100 have no receipt; 50 (Completed) have the one the
     // operator would write.
     let (stale, current) = (100, 50);
