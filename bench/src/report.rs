@@ -90,8 +90,8 @@ pub fn targets(
             ));
         } else {
             targets.push(Target::new(
-                "peak RSS <= 150 MiB at 100,000 orders",
-                big.operator.peak_rss_kib as f64 <= 150.0 * 1024.0,
+                "peak RSS <= 96 MiB at 100,000 orders (10,000 customers)",
+                big.operator.peak_rss_kib as f64 <= 96.0 * 1024.0,
                 format!("{:.1} MiB", big.operator.peak_rss_kib as f64 / 1024.0),
             ));
             targets.push(Target::new(

@@ -176,12 +176,16 @@ pub struct ListedLedger {
     facts: LedgerFacts,
 }
 
+/// One customer's orders by name. The facts are boxed: a hash table keeps a share of its slots
+/// empty, and an empty slot then costs a pointer, not a whole `OrderFacts`.
+type ByName = HashMap<Box<str>, Box<OrderFacts>>;
+
 #[derive(Debug, Default)]
 pub struct Index {
     /// Customers by key.
     customers: HashMap<CustomerKey, KnownCustomer>,
     /// Orders by customer, then by order name.
-    orders: HashMap<CustomerKey, HashMap<String, OrderFacts>>,
+    orders: HashMap<CustomerKey, ByName>,
     /// Level names seen in snapshots, shared by every order that has them.
     levels: HashSet<Arc<str>>,
     /// Ledgers by customer.
@@ -280,24 +284,24 @@ impl Index {
     pub fn apply_order(&mut self, order: &Order) -> Option<ObjectRef<Customer>> {
         let listed = self.listed_order(order);
         let orders = self.orders.entry(listed.customer.clone()).or_default();
-        let changed = match orders.entry(listed.name) {
+        let changed = match orders.entry(listed.name.into()) {
             Entry::Occupied(mut entry) => {
                 let known = entry.get_mut();
                 let changed = !known.counts_the_same(&listed.facts);
                 if known.uid == listed.facts.uid {
                     // The first snapshot seen stays: a later, different one is not the operator's.
                     let snapshot = known.snapshot.take().or(listed.facts.snapshot);
-                    *known = OrderFacts {
+                    **known = OrderFacts {
                         snapshot,
                         ..listed.facts
                     };
                 } else {
-                    *known = listed.facts;
+                    **known = listed.facts;
                 }
                 changed
             }
             Entry::Vacant(entry) => {
-                entry.insert(listed.facts);
+                entry.insert(Box::new(listed.facts));
                 true
             }
         };
@@ -310,7 +314,7 @@ impl Index {
         let Entry::Occupied(mut orders) = self.orders.entry(key.clone()) else {
             return None;
         };
-        let removed = orders.get_mut().remove(&order.name_any()).is_some();
+        let removed = orders.get_mut().remove(order.name_any().as_str()).is_some();
         if orders.get().is_empty() {
             orders.remove();
         }
@@ -320,12 +324,12 @@ impl Index {
     /// Replaces every Order after a (re-)list. Returns the Customers whose orders count
     /// differently from before, so changes missed while the watch was down are not missed.
     pub fn reset_orders(&mut self, listed: Vec<ListedOrder>) -> Vec<ObjectRef<Customer>> {
-        let mut orders: HashMap<CustomerKey, HashMap<String, OrderFacts>> = HashMap::new();
+        let mut orders: HashMap<CustomerKey, ByName> = HashMap::new();
         for order in listed {
             orders
                 .entry(order.customer)
                 .or_default()
-                .insert(order.name, order.facts);
+                .insert(order.name.into(), Box::new(order.facts));
         }
         // Snapshots the index already knew for the same orders stay.
         for (key, by_name) in &mut orders {
@@ -339,11 +343,11 @@ impl Index {
             }
         }
         let old = std::mem::replace(&mut self.orders, orders);
-        fn counted(orders: Option<&HashMap<String, OrderFacts>>) -> Vec<(&str, i64, OrderState)> {
+        fn counted(orders: Option<&ByName>) -> Vec<(&str, i64, OrderState)> {
             let mut facts: Vec<(&str, i64, OrderState)> = orders
                 .into_iter()
                 .flatten()
-                .map(|(name, f)| (name.as_str(), f.quantity, f.state))
+                .map(|(name, f)| (&**name, f.quantity, f.state))
                 .collect();
             facts.sort_unstable();
             facts
@@ -487,7 +491,7 @@ impl Index {
         self.orders
             .get(key)
             .into_iter()
-            .flat_map(|orders| orders.iter().map(|(name, facts)| (name.as_str(), facts)))
+            .flat_map(|orders| orders.iter().map(|(name, facts)| (&**name, &**facts)))
     }
 
     /// The tally of one customer, leaving out the order named `without` if any: the orders its
@@ -547,7 +551,10 @@ impl Index {
 
     /// One order, if the index holds it.
     pub fn order(&self, key: &OrderKey) -> Option<&OrderFacts> {
-        self.orders.get(&key.customer)?.get(&key.name)
+        self.orders
+            .get(&key.customer)?
+            .get(key.name.as_str())
+            .map(|facts| &**facts)
     }
 
     /// Every order, with its customer.
@@ -555,7 +562,7 @@ impl Index {
         self.orders.iter().flat_map(|(key, orders)| {
             orders
                 .iter()
-                .map(move |(name, facts)| (key, name.as_str(), facts))
+                .map(move |(name, facts)| (key, &**name, &**facts))
         })
     }
 

@@ -16,6 +16,7 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     future::Future,
     hash::Hash,
+    sync::Arc,
     time::Duration,
 };
 
@@ -88,13 +89,15 @@ pub async fn run<T, F, Fut>(
     }
 }
 
-/// Which keys wait (and in which lane), run, and must run once more.
+/// Which keys wait (and in which lane), run, and must run once more. A waiting key is stored
+/// once and shared by its lane and `waiting`: past the API server's limit every object may
+/// wait at once, and a key (an order's namespace, customer and name) costs more than a pointer.
 struct Queue<T> {
-    changes: VecDeque<T>,
-    sweeps: VecDeque<T>,
+    changes: VecDeque<Arc<T>>,
+    sweeps: VecDeque<Arc<T>>,
     /// Every waiting key and the lane it waits in. A key promoted from the sweep lane to the
     /// change lane leaves a stale entry behind in `sweeps`, skipped when it comes up.
-    waiting: HashMap<T, Lane>,
+    waiting: HashMap<Arc<T>, Lane>,
     running: HashSet<T>,
     again: HashMap<T, Lane>,
 }
@@ -120,20 +123,19 @@ impl<T: Clone + Eq + Hash> Queue<T> {
             }
             return;
         }
-        match self.waiting.get_mut(&key) {
-            Some(waits) => {
-                if (*waits, lane) == (Lane::Sweep, Lane::Change) {
-                    *waits = Lane::Change;
-                    self.changes.push_back(key);
-                }
+        if let Some((shared, waits)) = self.waiting.get_key_value(&key) {
+            if (*waits, lane) == (Lane::Sweep, Lane::Change) {
+                let shared = shared.clone();
+                self.waiting.insert(shared.clone(), Lane::Change);
+                self.changes.push_back(shared);
             }
-            None => {
-                self.waiting.insert(key.clone(), lane);
-                match lane {
-                    Lane::Change => self.changes.push_back(key),
-                    Lane::Sweep => self.sweeps.push_back(key),
-                }
-            }
+            return;
+        }
+        let shared = Arc::new(key);
+        self.waiting.insert(shared.clone(), lane);
+        match lane {
+            Lane::Change => self.changes.push_back(shared),
+            Lane::Sweep => self.sweeps.push_back(shared),
         }
     }
 
@@ -148,6 +150,8 @@ impl<T: Clone + Eq + Hash> Queue<T> {
             }
         };
         self.waiting.remove(&key);
+        // The last copy unless a stale sweep entry still holds it.
+        let key = Arc::unwrap_or_clone(key);
         self.running.insert(key.clone());
         Some(key)
     }
