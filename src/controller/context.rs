@@ -151,6 +151,11 @@ impl Context {
         self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The index itself, for what reads it later, a little at a time (a sweep).
+    pub fn shared_index(&self) -> SharedIndex {
+        self.index.clone()
+    }
+
     pub fn index_mut(&self) -> RwLockWriteGuard<'_, Index> {
         self.index.write().unwrap_or_else(|p| p.into_inner())
     }

@@ -20,6 +20,7 @@ use super::{
     index::{Index, ListedCustomer, ListedLedger, ListedOrder, OrderKey},
     readiness::Watched,
     restore,
+    triggers::Sweeps,
 };
 use crate::crd::{Customer, Ledger, Order};
 
@@ -233,7 +234,7 @@ fn expired(error: &watcher::Error) -> bool {
 /// index, readiness and the triggers; after each (re-)list, `everything` says what to wake.
 pub fn feed<K: Watchable>(
     ctx: Arc<Context>,
-    everything: impl Fn(&Index) -> Wakes,
+    everything: impl Fn(&Context) -> Sweeps,
 ) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
     let mut relisted: Option<Vec<K::Listed>> = None;
     move |event| {
@@ -288,14 +289,10 @@ pub fn feed<K: Watchable>(
             }
             Ok(watcher::Event::InitDone) => {
                 // What the list shows changed goes first; then everything, as a sweep.
-                let (changed, all) = {
-                    let mut index = ctx.index_mut();
-                    let changed = K::reset(&mut index, relisted.take().unwrap_or_default());
-                    (changed, everything(&index))
-                };
+                let changed = K::reset(&mut ctx.index_mut(), relisted.take().unwrap_or_default());
                 ctx.freshness.listed(K::KIND);
                 ctx.readiness.listed(K::KIND);
-                ctx.triggers.sweep(all);
+                ctx.triggers.sweep(everything(&ctx));
                 changed
             }
             Err(error) => {

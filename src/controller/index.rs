@@ -486,6 +486,11 @@ impl Index {
         self.customers.iter().map(|(key, known)| (key, &known.seen))
     }
 
+    /// The customers that have orders (members or not).
+    pub fn customers_with_orders(&self) -> impl Iterator<Item = &CustomerKey> {
+        self.orders.keys()
+    }
+
     /// The orders of one customer, by name.
     pub fn orders_of(&self, key: &CustomerKey) -> impl Iterator<Item = (&str, &OrderFacts)> {
         self.orders

@@ -9,6 +9,11 @@
 //!   for a sweep (a term's first look at everything, a resync, a re-list), each lane in the
 //!   order its keys were woken. A sweep of thousands of objects after a hand-over must not hold
 //!   back what a user changes meanwhile: the sweep's keys are looked at once nothing newer waits.
+//! - A sweep arrives as a source of keys, not as the keys: the queue draws a batch of
+//!   [`SWEEP_BATCH`] when its lanes are empty, so a sweep of every order holds a batch of keys,
+//!   not all of them at once. A newer sweep replaces what is left of one still being drawn (it
+//!   covers everything again, as things are now). A key that changes while a sweep is being
+//!   drawn may be looked at once more when the sweep reaches it.
 //! - A reconcile may ask to run again after a delay (a retry, which counts as a change).
 //! - When `stop` resolves, nothing new starts; the reconciles in flight finish first.
 
@@ -24,6 +29,20 @@ use futures::{StreamExt, stream::FuturesUnordered};
 use tokio::sync::mpsc::{UnboundedReceiver, error::TryRecvError};
 use tokio_util::time::DelayQueue;
 
+/// How many keys a queue draws from a sweep at a time.
+pub const SWEEP_BATCH: usize = 256;
+
+/// A sweep's keys, drawn as the queue has room for them.
+pub type Sweep<T> = Box<dyn Iterator<Item = T> + Send>;
+
+/// What a queue is told.
+pub enum Wake<T> {
+    /// The object, or what its status depends on, changed.
+    Changed(T),
+    /// Look at everything: these keys, once no change waits.
+    Sweep(Sweep<T>),
+}
+
 /// Why a key is woken, which decides when it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lane {
@@ -36,7 +55,7 @@ pub enum Lane {
 /// Runs `reconcile` for the keys that arrive on `wakes`, until `wakes` closes or `stop`
 /// resolves. `reconcile` returns when to run the key again, if it must.
 pub async fn run<T, F, Fut>(
-    mut wakes: UnboundedReceiver<(T, Lane)>,
+    mut wakes: UnboundedReceiver<Wake<T>>,
     stop: impl Future<Output = ()>,
     concurrency: usize,
     reconcile: F,
@@ -55,7 +74,7 @@ pub async fn run<T, F, Fut>(
         // never passed over for a sweep's key just because it was not read yet.
         while !stopping {
             match wakes.try_recv() {
-                Ok((key, lane)) => queue.wake(key, lane),
+                Ok(wake) => queue.told(wake),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => stopping = true,
             }
@@ -72,7 +91,7 @@ pub async fn run<T, F, Fut>(
         }
         tokio::select! {
             woken = wakes.recv(), if !stopping => match woken {
-                Some((key, lane)) => queue.wake(key, lane),
+                Some(wake) => queue.told(wake),
                 None => stopping = true,
             },
             Some(retry) = retries.next(), if !stopping && !retries.is_empty() => {
@@ -100,6 +119,8 @@ struct Queue<T> {
     waiting: HashMap<Arc<T>, Lane>,
     running: HashSet<T>,
     again: HashMap<T, Lane>,
+    /// The sweep still being drawn, if any.
+    sweep: Option<Sweep<T>>,
 }
 
 impl<T> Default for Queue<T> {
@@ -110,11 +131,19 @@ impl<T> Default for Queue<T> {
             waiting: HashMap::new(),
             running: HashSet::new(),
             again: HashMap::new(),
+            sweep: None,
         }
     }
 }
 
 impl<T: Clone + Eq + Hash> Queue<T> {
+    fn told(&mut self, wake: Wake<T>) {
+        match wake {
+            Wake::Changed(key) => self.wake(key, Lane::Change),
+            Wake::Sweep(sweep) => self.sweep = Some(sweep),
+        }
+    }
+
     fn wake(&mut self, key: T, lane: Lane) {
         if self.running.contains(&key) {
             let again = self.again.entry(key).or_insert(lane);
@@ -141,6 +170,9 @@ impl<T: Clone + Eq + Hash> Queue<T> {
 
     fn start(&mut self) -> Option<T> {
         let key = loop {
+            if self.changes.is_empty() && self.sweeps.is_empty() {
+                self.draw();
+            }
             let (key, lane) = match self.changes.pop_front() {
                 Some(key) => (key, Lane::Change),
                 None => (self.sweeps.pop_front()?, Lane::Sweep),
@@ -154,6 +186,22 @@ impl<T: Clone + Eq + Hash> Queue<T> {
         let key = Arc::unwrap_or_clone(key);
         self.running.insert(key.clone());
         Some(key)
+    }
+
+    /// Moves the sweep's next keys into the sweep lane, until one waits there or the sweep
+    /// is drawn to its end (keys already waiting or running are not woken twice).
+    fn draw(&mut self) {
+        while self.sweeps.is_empty()
+            && let Some(sweep) = self.sweep.as_mut()
+        {
+            let batch: Vec<T> = sweep.by_ref().take(SWEEP_BATCH).collect();
+            if batch.len() < SWEEP_BATCH {
+                self.sweep = None;
+            }
+            for key in batch {
+                self.wake(key, Lane::Sweep);
+            }
+        }
     }
 
     fn finished(&mut self, key: &T) {
@@ -219,12 +267,12 @@ mod tests {
             }))
         };
         for key in ["a", "a", "b", "b", "a"] {
-            wake.send((key, Lane::Change)).unwrap();
+            wake.send(Wake::Changed(key)).unwrap();
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         // "a" runs; woken twice more while it runs: once more after, not twice.
-        wake.send(("a", Lane::Change)).unwrap();
-        wake.send(("a", Lane::Change)).unwrap();
+        wake.send(Wake::Changed("a")).unwrap();
+        wake.send(Wake::Changed("a")).unwrap();
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(
             log.entries(),
@@ -276,7 +324,7 @@ mod tests {
         };
         for (keys, pause) in wakes {
             for key in keys {
-                wake.send((key, Lane::Change)).unwrap();
+                wake.send(Wake::Changed(key)).unwrap();
             }
             tokio::time::sleep(pause).await;
         }
@@ -322,14 +370,10 @@ mod tests {
             }))
         };
         // A sweep of four keys; while the first runs, "d" and then "x" change.
-        for key in ["a", "b", "c", "d"] {
-            wake.send((key, Lane::Sweep)).unwrap();
-        }
+        wake.send(sweep(["a", "b", "c", "d"])).unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        wake.send(("x", Lane::Change)).unwrap();
-        wake.send(("d", Lane::Change)).unwrap();
-        // A sweep does not push back what changed, nor run it twice.
-        wake.send(("x", Lane::Sweep)).unwrap();
+        wake.send(Wake::Changed("x")).unwrap();
+        wake.send(Wake::Changed("d")).unwrap();
         tokio::time::sleep(Duration::from_secs(10)).await;
         let started: Vec<String> = log
             .entries()
@@ -339,6 +383,61 @@ mod tests {
         assert_eq!(started, ["a", "x", "d", "b", "c"]);
         drop(wake);
         runner.await.unwrap();
+    }
+
+    fn sweep<T: Send + 'static>(
+        keys: impl IntoIterator<Item = T, IntoIter: Send + 'static>,
+    ) -> Wake<T> {
+        Wake::Sweep(Box::new(keys.into_iter()))
+    }
+
+    /// Runs `queue` with reconciles that end at once: the keys in the order they ran, and the
+    /// most keys that waited at once.
+    fn run_through(queue: &mut Queue<u32>) -> (Vec<u32>, usize) {
+        let (mut ran, mut most) = (Vec::new(), 0);
+        while let Some(key) = queue.start() {
+            most = most.max(queue.waiting.len() + queue.sweeps.len());
+            ran.push(key);
+            queue.finished(&key);
+        }
+        (ran, most)
+    }
+
+    #[test]
+    fn a_sweep_is_drawn_a_batch_at_a_time() {
+        let mut queue = Queue::default();
+        queue.told(sweep(0..10_000));
+        let (ran, most) = run_through(&mut queue);
+        assert_eq!(
+            ran,
+            (0..10_000).collect::<Vec<_>>(),
+            "every key, once, in order"
+        );
+        assert!(
+            most <= 2 * SWEEP_BATCH,
+            "{most} keys waited at once for a sweep of 10,000"
+        );
+    }
+
+    #[test]
+    fn a_newer_sweep_replaces_what_is_left_of_the_one_being_drawn() {
+        let mut queue = Queue::default();
+        queue.told(sweep(0..10_000));
+        let first = queue.start().unwrap();
+        queue.finished(&first);
+        queue.told(sweep([20_000, 20_001]));
+        queue.told(Wake::Changed(30_000));
+        let (ran, _) = run_through(&mut queue);
+        let drawn = SWEEP_BATCH as u32;
+        let expected: Vec<u32> = [30_000]
+            .into_iter()
+            .chain(1..drawn)
+            .chain([20_000, 20_001])
+            .collect();
+        assert_eq!(
+            ran, expected,
+            "the change, the rest of the batch already drawn, then the newer sweep"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -363,7 +462,7 @@ mod tests {
                 },
             ))
         };
-        wake.send(("x", Lane::Change)).unwrap();
+        wake.send(Wake::Changed("x")).unwrap();
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(log.entries(), ["x at 0", "x at 5"]);
         stop.send(()).unwrap();
@@ -382,8 +481,8 @@ mod tests {
                 takes_a_second(log.clone(), key)
             }))
         };
-        wake.send(("a", Lane::Change)).unwrap();
-        wake.send(("b", Lane::Change)).unwrap();
+        wake.send(Wake::Changed("a")).unwrap();
+        wake.send(Wake::Changed("b")).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         stop.send(()).unwrap();
         runner.await.unwrap();

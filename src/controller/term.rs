@@ -16,9 +16,9 @@ use super::{
     context::{Context, Kind},
     customer,
     error::Outcome,
-    feed::Wakes,
     index::CustomerKey,
     order, queue, settlement,
+    triggers::Sweeps,
     watches::{self, Caches},
 };
 
@@ -86,14 +86,10 @@ pub async fn lead(
             let mut every = tokio::time::interval(RESYNC);
             loop {
                 every.tick().await;
-                let wakes = {
-                    let index = ctx.index();
-                    Wakes {
-                        customers: watches::every_customer(&index),
-                        orders: watches::every_order(&index),
-                    }
-                };
-                ctx.triggers.sweep(wakes);
+                ctx.triggers.sweep(Sweeps {
+                    customers: Some(watches::every_customer(&ctx)),
+                    orders: Some(watches::every_order(&ctx)),
+                });
             }
         })
     };

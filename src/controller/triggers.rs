@@ -6,7 +6,11 @@ use std::sync::Mutex;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use super::{feed::Wakes, index::OrderKey, queue::Lane};
+use super::{
+    feed::Wakes,
+    index::OrderKey,
+    queue::{Sweep, Wake},
+};
 use crate::crd::Customer;
 
 /// Where watch events send what they wake: the queues of the current term, if any.
@@ -16,38 +20,55 @@ pub struct Triggers {
 }
 
 struct Queues {
-    customers: UnboundedSender<(ObjectRef<Customer>, Lane)>,
-    orders: UnboundedSender<(OrderKey, Lane)>,
+    customers: UnboundedSender<Wake<ObjectRef<Customer>>>,
+    orders: UnboundedSender<Wake<OrderKey>>,
 }
 
 /// The receiving ends of a term's queues.
 pub struct Opened {
-    pub customers: UnboundedReceiver<(ObjectRef<Customer>, Lane)>,
-    pub orders: UnboundedReceiver<(OrderKey, Lane)>,
+    pub customers: UnboundedReceiver<Wake<ObjectRef<Customer>>>,
+    pub orders: UnboundedReceiver<Wake<OrderKey>>,
+}
+
+/// What a sweep looks at, per kind: keys the queues draw as they have room.
+#[derive(Default)]
+pub struct Sweeps {
+    pub customers: Option<Sweep<ObjectRef<Customer>>>,
+    pub orders: Option<Sweep<OrderKey>>,
 }
 
 impl Triggers {
     /// Wakes what changed: it runs before anything a sweep woke.
     pub fn wake(&self, wakes: Wakes) {
-        self.send(wakes, Lane::Change);
-    }
-
-    /// Wakes everything a sweep looks at: it runs once no change waits.
-    pub fn sweep(&self, wakes: Wakes) {
-        self.send(wakes, Lane::Sweep);
-    }
-
-    fn send(&self, wakes: Wakes, lane: Lane) {
         if wakes == Wakes::default() {
             return;
         }
+        self.send(
+            wakes.customers.into_iter().map(Wake::Changed),
+            wakes.orders.into_iter().map(Wake::Changed),
+        );
+    }
+
+    /// Wakes everything a sweep looks at: it runs once no change waits.
+    pub fn sweep(&self, sweeps: Sweeps) {
+        self.send(
+            sweeps.customers.map(Wake::Sweep),
+            sweeps.orders.map(Wake::Sweep),
+        );
+    }
+
+    fn send(
+        &self,
+        customers: impl IntoIterator<Item = Wake<ObjectRef<Customer>>>,
+        orders: impl IntoIterator<Item = Wake<OrderKey>>,
+    ) {
         let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(queues) = queues.as_ref() {
-            for customer in wakes.customers {
-                let _ = queues.customers.send((customer, lane));
+            for customer in customers {
+                let _ = queues.customers.send(customer);
             }
-            for order in wakes.orders {
-                let _ = queues.orders.send((order, lane));
+            for order in orders {
+                let _ = queues.orders.send(order);
             }
         }
     }

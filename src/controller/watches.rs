@@ -16,11 +16,8 @@ use kube::{
 use tracing::{debug, warn};
 
 use super::{
-    context::Context,
-    feed::{self, Wakes},
-    freshness,
-    index::{Index, OrderKey},
-    readiness::Watched,
+    context::Context, feed, freshness, index::OrderKey, queue::Sweep, readiness::Watched,
+    triggers::Sweeps,
 };
 use crate::{
     cli::InitialList,
@@ -68,9 +65,9 @@ pub fn watch(
             api(client, namespace),
             config.clone(),
             None,
-            feed::feed(ctx.clone(), |index| Wakes {
-                customers: every_customer(index),
-                ..Wakes::default()
+            feed::feed(ctx.clone(), |ctx| Sweeps {
+                customers: Some(every_customer(ctx)),
+                ..Sweeps::default()
             }),
             ctx.clone(),
         )),
@@ -78,9 +75,9 @@ pub fn watch(
             api(client, namespace),
             config.clone(),
             None,
-            feed::feed(ctx.clone(), |index| Wakes {
-                orders: every_order(index),
-                ..Wakes::default()
+            feed::feed(ctx.clone(), |ctx| Sweeps {
+                orders: Some(every_order(ctx)),
+                ..Sweeps::default()
             }),
             ctx.clone(),
         )),
@@ -89,7 +86,7 @@ pub fn watch(
             config,
             Some(writers.ledgers),
             // A ledger wakes its customer when what it counts changed, nothing else.
-            feed::feed(ctx.clone(), |_| Wakes::default()),
+            feed::feed(ctx.clone(), |_| Sweeps::default()),
             ctx.clone(),
         )),
         tokio::spawn(check_freshness(
@@ -252,19 +249,27 @@ where
     }
 }
 
-pub(super) fn every_customer(index: &Index) -> Vec<ObjectRef<Customer>> {
-    index
+/// Every Customer the index knows now, as a sweep.
+pub(super) fn every_customer(ctx: &Context) -> Sweep<ObjectRef<Customer>> {
+    let customers: Vec<_> = ctx
+        .index()
         .customers()
-        .map(|(key, _)| key.customer_ref())
-        .collect()
+        .map(|(key, _)| key.clone())
+        .collect();
+    Box::new(customers.into_iter().map(|key| key.customer_ref()))
 }
 
-pub(super) fn every_order(index: &Index) -> Vec<OrderKey> {
-    index
-        .all_orders()
-        .map(|(customer, name, _)| OrderKey {
-            customer: customer.clone(),
-            name: name.to_owned(),
-        })
-        .collect()
+/// Every Order, as a sweep: the customers that have orders now, each one's orders read from
+/// the index when the queue draws them (a sweep of 100,000 orders holds no list of them).
+pub(super) fn every_order(ctx: &Context) -> Sweep<OrderKey> {
+    let index = ctx.shared_index();
+    let customers: Vec<_> = ctx.index().customers_with_orders().cloned().collect();
+    Box::new(customers.into_iter().flat_map(move |customer| {
+        let index = index.read().unwrap_or_else(|p| p.into_inner());
+        let orders: Vec<_> = index
+            .orders_of(&customer)
+            .map(|(name, _)| customer.order_key(name))
+            .collect();
+        orders
+    }))
 }

@@ -6,10 +6,12 @@ use kube::runtime::{reflector::ObjectRef, watcher};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::super::{
-    Context, Wakes, feed,
+    Context, feed,
     fixtures::{self, written_order},
     index::OrderKey,
-    queue::Lane,
+    queue::{Lane, Wake},
+    triggers::Sweeps,
+    watches,
 };
 use crate::crd::{Customer, CustomerSpec, Order, OrderSpec, OrderState, OrderStatus};
 
@@ -36,8 +38,16 @@ fn order(name: &str, state: OrderState, version: &str) -> Order {
     order
 }
 
-fn drain<T>(queue: &mut UnboundedReceiver<(T, Lane)>) -> Vec<(T, Lane)> {
-    std::iter::from_fn(|| queue.try_recv().ok()).collect()
+/// What a queue was told: each key with its lane (a sweep's keys drawn to the end).
+fn drain<T>(queue: &mut UnboundedReceiver<Wake<T>>) -> Vec<(T, Lane)> {
+    std::iter::from_fn(|| queue.try_recv().ok())
+        .flat_map(|wake| -> Vec<(T, Lane)> {
+            match wake {
+                Wake::Changed(key) => vec![(key, Lane::Change)],
+                Wake::Sweep(keys) => keys.map(|key| (key, Lane::Sweep)).collect(),
+            }
+        })
+        .collect()
 }
 
 fn key(name: &str) -> OrderKey {
@@ -55,15 +65,9 @@ fn setup() -> (Arc<Context>, impl FnMut(&WatchEvent), fixtures::ApiServer) {
     let (client, server) = fixtures::mock_client();
     let ctx = fixtures::context(client);
     ctx.index_mut().apply_customer(&alice());
-    let feed = feed::feed::<Order>(ctx.clone(), |index| Wakes {
-        orders: index
-            .all_orders()
-            .map(|(customer, name, _)| OrderKey {
-                customer: customer.clone(),
-                name: name.to_owned(),
-            })
-            .collect(),
-        ..Wakes::default()
+    let feed = feed::feed::<Order>(ctx.clone(), |ctx| Sweeps {
+        orders: Some(watches::every_order(ctx)),
+        ..Sweeps::default()
     });
     (ctx, feed, server)
 }
@@ -168,7 +172,7 @@ async fn a_relist_wakes_what_changed_first_and_sweeps_the_rest() {
 #[tokio::test]
 async fn a_deleted_object_is_forgotten_whole() {
     let (ctx, _feed, _server) = setup();
-    let mut feed_customers = feed::feed::<Customer>(ctx.clone(), |_| Wakes::default());
+    let mut feed_customers = feed::feed::<Customer>(ctx.clone(), |_| Sweeps::default());
     let key = alice_ref();
     let first = ctx.customers.failed(&key);
     feed_customers(&Ok(watcher::Event::Delete(alice())));

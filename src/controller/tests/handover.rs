@@ -11,10 +11,11 @@ use kube::runtime::watcher;
 use tokio::sync::oneshot;
 
 use super::super::{
-    CONCURRENCY, Wakes, caches, feed,
+    CONCURRENCY, caches, feed,
     fixtures::{self, Exchange, written_customer, written_order},
     index::OrderKey,
     lead, order,
+    triggers::Sweeps,
 };
 use crate::crd::{Customer, CustomerSpec, Order, OrderSpec, OrderState};
 
@@ -107,7 +108,7 @@ async fn a_new_leader_writes_each_stale_receipt_once_and_a_change_first() {
     }
     // Meanwhile a customer refunds an order whose receipt was up to date.
     let refunded = order(stale + 7, OrderState::Canceled, 5_000);
-    let mut feed_orders = feed::feed::<Order>(ctx.clone(), |_| Wakes::default());
+    let mut feed_orders = feed::feed::<Order>(ctx.clone(), |_| Sweeps::default());
     feed_orders(&Ok(watcher::Event::Apply(refunded)));
     // One slot frees: the refund goes first, before the 36 stale receipts still waiting.
     let first = held.remove(0);
