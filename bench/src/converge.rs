@@ -329,6 +329,13 @@ async fn restart_with(
     let apiserver = ctx.cp.pids().1;
     let apiserver_rss = move || apiserver.and_then(ProcStats::of).map_or(0, |s| s.rss_kib);
     let before = apiserver_rss();
+    let apiserver_cpu = move || {
+        apiserver
+            .and_then(ProcStats::of)
+            .map(|s| s.cpu_seconds)
+            .ok_or("kube-apiserver's /proc stats are not readable")
+    };
+    let apiserver_cpu_before = apiserver_cpu()?;
     let peak = Arc::new(AtomicU64::new(before));
     let sampler = {
         let peak = peak.clone();
@@ -349,6 +356,11 @@ async fn restart_with(
     let seconds_to_ready = wait_ready(restarted.probe(), Duration::from_secs(120))
         .await?
         .as_secs_f64();
+    let operator_cpu_seconds_to_ready = restarted
+        .stats()
+        .ok_or("the restarted operator's /proc stats are not readable")?
+        .cpu_seconds;
+    let apiserver_cpu_seconds_to_ready = apiserver_cpu()? - apiserver_cpu_before;
     tokio::time::sleep(Duration::from_secs(ctx.settle)).await;
     let after = operator_metrics(restarted.probe()).await?;
     sampler.abort();
@@ -361,10 +373,13 @@ async fn restart_with(
         apiserver_rss_before_mib: before as f64 / 1024.0,
         apiserver_peak_rss_growth_mib: peak.load(Ordering::Relaxed).saturating_sub(before) as f64
             / 1024.0,
+        operator_cpu_seconds_to_ready,
+        apiserver_cpu_seconds_to_ready,
     };
     say(format!(
-        "  restart ({initial_list} lists): ready after {seconds_to_ready:.2}s, {} status writes, \
-         kube-apiserver RSS +{:.1} MiB",
+        "  restart ({initial_list} lists): ready after {seconds_to_ready:.2}s (CPU to ready: \
+         operator {operator_cpu_seconds_to_ready:.2}s, kube-apiserver \
+         {apiserver_cpu_seconds_to_ready:.2}s), {} status writes, kube-apiserver RSS +{:.1} MiB",
         restart.status_writes, restart.apiserver_peak_rss_growth_mib
     ));
     Ok(restart)

@@ -103,6 +103,10 @@ pub struct Restart {
     /// 20 ms) while the new process listed everything and settled.
     pub apiserver_rss_before_mib: f64,
     pub apiserver_peak_rss_growth_mib: f64,
+    /// CPU (user + system) from the new process's start to /readyz 200: the operator's, and
+    /// kube-apiserver's over the same span (which of them the wait is spent in).
+    pub operator_cpu_seconds_to_ready: f64,
+    pub apiserver_cpu_seconds_to_ready: f64,
 }
 
 /// The freshness benchmark: a sustained rate of transitions and how stale statuses get.
