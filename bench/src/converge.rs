@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use crate::{
     Context, audit,
     figures::{ConvergePoint, Generator, OperatorFigures, Restart},
-    floor, say,
+    floor, profile, say,
 };
 
 /// The operator under measurement, on `namespace`, logging to `<out>/<log_name>.log`.
@@ -346,13 +346,16 @@ async fn restart_with(
             }
         })
     };
-    let mut restarted = operator(
-        ctx,
-        ns,
-        &format!("operator-{orders}-restart-{initial_list}"),
-    )
-    .env("RESERVE_INITIAL_LIST", initial_list)
-    .spawn();
+    let name = format!("operator-{orders}-restart-{initial_list}");
+    let profile = ctx.profile_restarts.map(|window| {
+        let path = ctx
+            .out
+            .join(format!("apiserver-{orders}-restart-{initial_list}.pprof"));
+        profile::record(&ctx.cp, window, path)
+    });
+    let mut restarted = operator(ctx, ns, &name)
+        .env("RESERVE_INITIAL_LIST", initial_list)
+        .spawn();
     let seconds_to_ready = wait_ready(restarted.probe(), Duration::from_secs(120))
         .await?
         .as_secs_f64();
@@ -366,6 +369,9 @@ async fn restart_with(
     sampler.abort();
     restarted.sigterm();
     restarted.wait_exit(Duration::from_secs(30));
+    if let Some(profile) = profile {
+        profile.finish()?;
+    }
     let restart = Restart {
         initial_list: initial_list.into(),
         seconds_to_ready,

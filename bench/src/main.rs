@@ -17,10 +17,15 @@ mod converge;
 mod figures;
 mod floor;
 mod freshness;
+mod profile;
 mod report;
 mod settlement;
 
-use std::{path::PathBuf, process::ExitCode, time::Instant};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use clap::{Parser, ValueEnum};
 use k8s_openapi::jiff::Timestamp;
@@ -70,6 +75,10 @@ struct Args {
     /// Skip the generator's run with no operator (e.g. for a point that measures only memory).
     #[arg(long)]
     no_alone: bool,
+    /// Record kube-apiserver's CPU profile for this many seconds from each restart's start,
+    /// into `target/bench/apiserver-<point>-restart-<lists>.pprof` (read with `go tool pprof`).
+    #[arg(long)]
+    profile_restarts: Option<u64>,
     /// Skip the converge points (e.g. to run only --freshness).
     #[arg(long)]
     skip_converge: bool,
@@ -139,6 +148,8 @@ pub struct Context {
     pub floor: bool,
     /// Whether each converge point first times the generator with no operator.
     pub alone: bool,
+    /// How long to profile kube-apiserver from each restart's start, if at all.
+    pub profile_restarts: Option<Duration>,
     pub rate: f64,
     pub seconds: f64,
     pub flowschema: bool,
@@ -217,6 +228,7 @@ async fn run(args: Args) -> Result<(), String> {
         lifetime: Lifetime::ThisProcess,
         audit: AuditMode::Batch,
         node: None,
+        profiling: args.profile_restarts.is_some(),
     })?;
     say(format!(
         "control plane ready in {:.1}s",
@@ -241,6 +253,7 @@ async fn run(args: Args) -> Result<(), String> {
         settle: args.settle,
         floor: !args.no_floor,
         alone: !args.no_alone,
+        profile_restarts: args.profile_restarts.map(Duration::from_secs),
         rate: args.rate[0],
         seconds: args.seconds,
         flowschema: args.flowschema != FlowSchema::Off,
@@ -309,7 +322,7 @@ async fn run(args: Args) -> Result<(), String> {
             customers: args.settle_customers,
             orders: args.settle_orders,
             rate: args.settle_rate,
-            settle_after: std::time::Duration::from_secs(args.settle_after.max(1)),
+            settle_after: Duration::from_secs(args.settle_after.max(1)),
         };
         Some(settlement::run(&ctx, &settings).await?)
     } else {

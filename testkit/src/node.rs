@@ -109,6 +109,7 @@ impl Node {
             lifetime,
             audit: AuditMode::Batch,
             node: Some(name.clone()),
+            profiling: false,
         })?;
         // The kubelet's identity gets what kubelets get; the Node authorizer is not needed.
         let out = cp.kubectl(&[

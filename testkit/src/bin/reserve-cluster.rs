@@ -94,6 +94,7 @@ fn main() -> ExitCode {
                 lifetime: Lifetime::Detached,
                 audit: AuditMode::Batch,
                 node: None,
+                profiling: false,
             }) {
                 Ok(cp) => {
                     // The operator runs as its ServiceAccount: the status policy admits no one else.

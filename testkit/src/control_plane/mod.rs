@@ -56,6 +56,8 @@ pub struct Options {
     /// A node joins: its kubelet gets a token (as `system:node:<name>`), and the API server a
     /// client certificate towards it (for `kubectl logs`).
     pub node: Option<String>,
+    /// kube-apiserver serves `/debug/pprof` (to the admin), for profiling a benchmark.
+    pub profiling: bool,
 }
 
 /// The bearer token of the node's kubelet, in the control plane's directory.
@@ -107,6 +109,7 @@ impl ControlPlane {
                 lifetime: Lifetime::ThisProcess,
                 audit: AuditMode::Blocking,
                 node: None,
+                profiling: false,
             }),
         });
         match started {
@@ -210,7 +213,7 @@ impl ControlPlane {
             "--audit-log-maxsize=0".into(),
             "--endpoint-reconciler-type=none".into(),
             "--shutdown-delay-duration=0s".into(),
-            "--profiling=false".into(),
+            format!("--profiling={}", options.profiling),
             "--v=1".into(),
         ];
         if options.node.is_some() {
