@@ -1,12 +1,7 @@
 //! kube-apiserver's CPU profile over a window (`--profile-restarts`), for finding out what a
 //! measured figure is spent on. Read the file with `go tool pprof -top <file>`.
 
-use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
-    thread::JoinHandle,
-    time::Duration,
-};
+use std::{path::PathBuf, process::Stdio, thread::JoinHandle, time::Duration};
 
 use reserve_testkit::ControlPlane;
 
@@ -15,20 +10,12 @@ use crate::say;
 /// A profile being recorded; [`Recording::finish`] waits for it.
 pub struct Recording(JoinHandle<Result<PathBuf, String>>);
 
-/// Starts recording `seconds` of kube-apiserver's CPU profile into `path` (the API server
+/// Starts recording `window` of kube-apiserver's CPU profile into `path` (the API server
 /// must have been started with profiling on), through the real kubectl as the admin.
 pub fn record(cp: &ControlPlane, window: Duration, path: PathBuf) -> Recording {
-    let mut kubectl = Command::new(cp.bin_dir().join("kubectl"));
-    kubectl
-        .arg("--kubeconfig")
-        .arg(cp.kubeconfig())
-        .args([
-            "get",
-            "--raw",
-            &format!("/debug/pprof/profile?seconds={}", window.as_secs().max(1)),
-        ])
-        .env_remove("KUBECONFIG")
-        .stdin(Stdio::null());
+    let query = format!("/debug/pprof/profile?seconds={}", window.as_secs().max(1));
+    let mut kubectl = cp.kubectl_command(cp.kubeconfig(), &["get", "--raw", &query]);
+    kubectl.stdin(Stdio::null());
     Recording(std::thread::spawn(move || {
         let out = kubectl
             .output()

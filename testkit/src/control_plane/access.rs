@@ -83,13 +83,8 @@ impl ControlPlane {
 
     /// The real kubectl with any kubeconfig.
     pub fn kubectl_with(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(self.bin.join("kubectl"))
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--cache-dir")
-            .arg(&self.kubectl_cache)
-            .args(args)
-            .env_remove("KUBECONFIG")
+        let mut child = self
+            .kubectl_command(kubeconfig, args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -111,6 +106,21 @@ impl ControlPlane {
             let _ = writer.join();
         }
         out
+    }
+}
+
+impl ControlPlane {
+    /// The real kubectl with any kubeconfig, not yet started (e.g. to run on another thread).
+    pub fn kubectl_command(&self, kubeconfig: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(self.bin.join("kubectl"));
+        command
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.kubectl_cache)
+            .args(args)
+            .env_remove("KUBECONFIG");
+        command
     }
 }
 
