@@ -22,7 +22,7 @@ use reserve_operator::{
     loyalty::{LevelPolicy, Standing},
 };
 use reserve_testkit::{
-    Launch, OperatorProcess, Probe,
+    Launch, Metrics, OperatorProcess, Probe,
     process::ProcStats,
     shop::fresh_namespace,
     workload::{Driver, Plan},
@@ -141,6 +141,7 @@ pub async fn run_point(
     } else {
         None
     };
+    let alone_seconds = generator_alone.as_ref().map(|g| g.seconds);
     let ns = fresh_namespace(&ctx.client, &format!("bench-o{orders}")).await;
     let mut operator = start_operator(ctx, &ns, &format!("operator-{orders}"));
     wait_ready(operator.probe(), Duration::from_secs(60)).await?;
@@ -149,11 +150,17 @@ pub async fn run_point(
 
     // The generator.
     let driver = Driver::new(&ctx.client, &ns, c);
-    let (generator, start, last_write) = drive(&driver, &plan).await?;
+    let (generator, start, last_write) = drive(ctx, &driver, &plan).await?;
     say(format!(
-        "  generator done after {:.1}s ({} with no operator)",
+        "  generator done after {:.1}s, kube-apiserver at {:.0}% CPU ({} with no operator)",
         generator.seconds,
-        generator_alone.map_or("not timed".into(), |s| format!("{s:.1}s"))
+        generator.apiserver_cpu_percent,
+        generator_alone
+            .as_ref()
+            .map_or("not timed".into(), |g| format!(
+                "{:.1}s at {:.0}%",
+                g.seconds, g.apiserver_cpu_percent
+            ))
     ));
 
     // Convergence, as the watch sees it.
@@ -241,7 +248,8 @@ pub async fn run_point(
         concurrency: c,
         seed: ctx.seed,
         generator,
-        generator_alone_seconds: generator_alone,
+        generator_alone_seconds: alone_seconds,
+        generator_alone_apiserver_cpu_percent: generator_alone.map(|g| g.apiserver_cpu_percent),
         converge_lag_seconds: lag,
         total_seconds: (converged_at - start).as_secs_f64(),
         still_converged_after_settle: still_converged,
@@ -255,7 +263,12 @@ pub async fn run_point(
 
 /// The generator's work on `plan`: its customers, its orders, then every wave of state changes;
 /// the figures, when it started and when its last write was answered.
-async fn drive(driver: &Driver, plan: &Plan) -> Result<(Generator, Instant, Instant), String> {
+async fn drive(
+    ctx: &Context,
+    driver: &Driver,
+    plan: &Plan,
+) -> Result<(Generator, Instant, Instant), String> {
+    let cpu_before = ctx.apiserver_cpu_seconds()?;
     let start = Instant::now();
     let t_customers = driver.create_customers(plan).await?;
     say(format!(
@@ -279,6 +292,8 @@ async fn drive(driver: &Driver, plan: &Plan) -> Result<(Generator, Instant, Inst
         t_changes += driver.set_states(&wave).await?;
     }
     let last_write = Instant::now();
+    let seconds = (last_write - start).as_secs_f64();
+    let apiserver_cpu_percent = (ctx.apiserver_cpu_seconds()? - cpu_before) * 100.0 / seconds;
     say(format!(
         "  {state_changes} state changes in {:.1}s",
         t_changes.as_secs_f64()
@@ -290,7 +305,8 @@ async fn drive(driver: &Driver, plan: &Plan) -> Result<(Generator, Instant, Inst
         customers_seconds: t_customers.as_secs_f64(),
         orders_seconds: t_orders.as_secs_f64(),
         state_changes_seconds: t_changes.as_secs_f64(),
-        seconds: (last_write - start).as_secs_f64(),
+        seconds,
+        apiserver_cpu_percent,
     };
     Ok((generator, start, last_write))
 }
@@ -298,11 +314,11 @@ async fn drive(driver: &Driver, plan: &Plan) -> Result<(Generator, Instant, Inst
 /// The same work on a namespace no operator watches: what the generator takes on its own on
 /// this machine now, the time it is held to with the operator running. The objects are deleted
 /// after (two deletecollection requests), so the point's namespace starts on an unloaded store.
-async fn generator_alone(ctx: &Context, plan: &Plan) -> Result<f64, String> {
+async fn generator_alone(ctx: &Context, plan: &Plan) -> Result<Generator, String> {
     let ns = fresh_namespace(&ctx.client, &format!("bench-alone-o{}", plan.orders.len())).await;
     say(format!("  with no operator, on {ns}:"));
     let driver = Driver::new(&ctx.client, &ns, ctx.concurrency);
-    let (generator, _, _) = drive(&driver, plan).await?;
+    let (generator, _, _) = drive(ctx, &driver, plan).await?;
     let params = DeleteParams::default();
     let list = ListParams::default();
     let orders: Api<Order> = Api::namespaced(ctx.client.clone(), &ns);
@@ -315,7 +331,7 @@ async fn generator_alone(ctx: &Context, plan: &Plan) -> Result<f64, String> {
         .delete_collection(&params, &list)
         .await
         .map_err(|e| format!("deleting the customers of {ns}: {e}"))?;
-    Ok(generator.seconds)
+    Ok(generator)
 }
 
 /// Starts the operator again on a converged namespace, with `initial_list`: time to ready, its
@@ -329,13 +345,8 @@ async fn restart_with(
     let apiserver = ctx.cp.pids().1;
     let apiserver_rss = move || apiserver.and_then(ProcStats::of).map_or(0, |s| s.rss_kib);
     let before = apiserver_rss();
-    let apiserver_cpu = move || {
-        apiserver
-            .and_then(ProcStats::of)
-            .map(|s| s.cpu_seconds)
-            .ok_or("kube-apiserver's /proc stats are not readable")
-    };
-    let apiserver_cpu_before = apiserver_cpu()?;
+    let apiserver_cpu_before = ctx.apiserver_cpu_seconds()?;
+    let checks_before = consistency_checks(ctx)?;
     let peak = Arc::new(AtomicU64::new(before));
     let sampler = {
         let peak = peak.clone();
@@ -363,7 +374,8 @@ async fn restart_with(
         .stats()
         .ok_or("the restarted operator's /proc stats are not readable")?
         .cpu_seconds;
-    let apiserver_cpu_seconds_to_ready = apiserver_cpu()? - apiserver_cpu_before;
+    let apiserver_cpu_seconds_to_ready = ctx.apiserver_cpu_seconds()? - apiserver_cpu_before;
+    let apiserver_consistency_checks_to_ready = consistency_checks(ctx)? - checks_before;
     tokio::time::sleep(Duration::from_secs(ctx.settle)).await;
     let after = operator_metrics(restarted.probe()).await?;
     sampler.abort();
@@ -381,12 +393,27 @@ async fn restart_with(
             / 1024.0,
         operator_cpu_seconds_to_ready,
         apiserver_cpu_seconds_to_ready,
+        apiserver_consistency_checks_to_ready,
     };
     say(format!(
         "  restart ({initial_list} lists): ready after {seconds_to_ready:.2}s (CPU to ready: \
          operator {operator_cpu_seconds_to_ready:.2}s, kube-apiserver \
-         {apiserver_cpu_seconds_to_ready:.2}s), {} status writes, kube-apiserver RSS +{:.1} MiB",
+         {apiserver_cpu_seconds_to_ready:.2}s; watch-cache consistency checks meanwhile: \
+         {apiserver_consistency_checks_to_ready}), {} status writes, kube-apiserver RSS +{:.1} MiB",
         restart.status_writes, restart.apiserver_peak_rss_growth_mib
     ));
     Ok(restart)
+}
+
+/// How many watch-cache consistency checks kube-apiserver has run so far, over every resource
+/// (`DetectCacheInconsistency`: each lists and decodes a whole resource from etcd, so one that
+/// falls inside a restart costs the restart its CPU).
+fn consistency_checks(ctx: &Context) -> Result<u64, String> {
+    const FAMILY: &str = "apiserver_storage_consistency_checks_total";
+    let text = ctx.cp.apiserver_metrics();
+    if !text.contains(FAMILY) {
+        return Err(format!("kube-apiserver's /metrics has no {FAMILY}"));
+    }
+    let metrics = Metrics::parse(&text).ok_or("kube-apiserver's /metrics does not parse")?;
+    Ok(metrics.sum(FAMILY, &[]) as u64)
 }

@@ -17,6 +17,9 @@ pub struct ConvergePoint {
     /// The generator's time for the same plan on a namespace no operator watches, just before
     /// (none with --no-alone).
     pub generator_alone_seconds: Option<f64>,
+    /// kube-apiserver's CPU over that run (100%: one core): how much room the users' own work
+    /// leaves the operator.
+    pub generator_alone_apiserver_cpu_percent: Option<f64>,
     /// From the generator's last write to the first moment a watch saw every Customer with its
     /// expected standing.
     pub converge_lag_seconds: f64,
@@ -40,6 +43,8 @@ pub struct Generator {
     pub orders_seconds: f64,
     pub state_changes_seconds: f64,
     pub seconds: f64,
+    /// kube-apiserver's CPU from the generator's first write to its last (100%: one core).
+    pub apiserver_cpu_percent: f64,
 }
 
 /// The operator process, from /proc and its /metrics.
@@ -107,6 +112,9 @@ pub struct Restart {
     /// kube-apiserver's over the same span (which of them the wait is spent in).
     pub operator_cpu_seconds_to_ready: f64,
     pub apiserver_cpu_seconds_to_ready: f64,
+    /// kube-apiserver's watch-cache consistency checks over the same span (each a full list
+    /// from etcd; one that falls inside a restart is part of its API server CPU).
+    pub apiserver_consistency_checks_to_ready: u64,
 }
 
 /// The freshness benchmark: a sustained rate of transitions and how stale statuses get.

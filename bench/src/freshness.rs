@@ -103,13 +103,7 @@ pub async fn run(ctx: &Context, flood: usize) -> Result<Freshness, String> {
     let mut rng = Rng::new(ctx.seed);
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / ctx.rate));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let apiserver = ctx.cp.pids().1;
-    let apiserver_cpu = move || {
-        apiserver
-            .and_then(reserve_testkit::process::ProcStats::of)
-            .map_or(0.0, |s| s.cpu_seconds)
-    };
-    let apiserver_before = apiserver_cpu();
+    let apiserver_before = ctx.apiserver_cpu_seconds()?;
     let started = Instant::now();
     let mut in_flight = futures::stream::FuturesUnordered::new();
     let mut transitions = 0usize;
@@ -135,7 +129,7 @@ pub async fn run(ctx: &Context, flood: usize) -> Result<Freshness, String> {
         result?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let apiserver_cpu_percent = (apiserver_cpu() - apiserver_before) / seconds * 100.0;
+    let apiserver_cpu_percent = (ctx.apiserver_cpu_seconds()? - apiserver_before) / seconds * 100.0;
     tokio::time::sleep(DRAIN).await;
     for watch in watches {
         watch.abort();

@@ -155,6 +155,18 @@ pub struct Context {
     pub flowschema: bool,
 }
 
+impl Context {
+    /// kube-apiserver's CPU (user + system) so far, from /proc.
+    pub fn apiserver_cpu_seconds(&self) -> Result<f64, String> {
+        self.cp
+            .pids()
+            .1
+            .and_then(reserve_testkit::process::ProcStats::of)
+            .map(|s| s.cpu_seconds)
+            .ok_or_else(|| "kube-apiserver's /proc stats are not readable".to_owned())
+    }
+}
+
 pub fn say(message: impl AsRef<str>) {
     eprintln!("bench: {}", message.as_ref());
 }
