@@ -12,11 +12,15 @@ use kube::{Resource, runtime::reflector::ObjectRef};
 
 use super::pacer::Bucket;
 
-/// A status write whose watch event has not arrived yet.
+/// A status write whose watch event has not arrived yet, with the writes before it whose
+/// events have not arrived either.
 pub struct Written<S> {
-    /// The resourceVersion the write was conditional on.
-    pub based_on: String,
-    /// The resourceVersion the write produced.
+    /// The versions the object went through since the one the cache may still show, oldest
+    /// first: the version the first of these writes was conditional on, then the version each
+    /// later one was conditional on (each produced by the write before it). A cache at any of
+    /// them is only behind this process's own writes.
+    pub since: Vec<String>,
+    /// The resourceVersion the last write produced.
     pub produced: String,
     pub status: S,
 }
@@ -146,7 +150,7 @@ mod tests {
         objects.with(&key("a"), |e| e.failures = 2);
         objects.with(&key("a"), |e| {
             e.written = Some(Box::new(Written {
-                based_on: "1".into(),
+                since: vec!["1".into()],
                 produced: "2".into(),
                 status: CustomerStatus::default(),
             }))

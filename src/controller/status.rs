@@ -36,6 +36,11 @@ use crate::{leader::Fence, metrics::Metrics};
 /// Field manager of every status write; the operator owns nothing else.
 pub const FIELD_MANAGER: &str = "reserve-operator";
 
+/// How many of its own writes in a row the writer remembers while the watch has shown none of
+/// them; a cache further behind than that is taken at its word (a write from it is refused with
+/// 409 and recomputed once the watch catches up).
+const UNSEEN_CHAIN: usize = 8;
+
 /// A status write that has not been answered by then counts as failed (the API server may be
 /// waiting for its storage); the object is looked at again, and a write that landed after all
 /// shows up in the watch like anyone else's.
@@ -112,11 +117,12 @@ where
     }
 
     /// This process's own last write to `key`, if the cache (at `cached_version`) has not
-    /// caught up with it: the resourceVersion it produced, and the status written.
+    /// caught up with it, or with the writes before it: the resourceVersion it produced, and
+    /// the status written.
     pub fn unseen_write(&self, key: &ObjectRef<K>, cached_version: &str) -> Option<(String, S)> {
         self.objects
             .with_existing(key, |entry| match &entry.written {
-                Some(written) if written.based_on == cached_version => {
+                Some(written) if written.since.iter().any(|v| v == cached_version) => {
                     Some((written.produced.clone(), written.status.clone()))
                 }
                 Some(_) => {
@@ -128,22 +134,32 @@ where
             .flatten()
     }
 
-    /// The watch delivered `key` at `version`. True when it is the echo of this process's own
-    /// last write (nothing new to react to); any other version means someone else changed the
-    /// object.
+    /// The watch delivered `key` at `version`. True when it is the echo of one of this
+    /// process's own unseen writes (nothing new to react to); any other version means someone
+    /// else changed the object.
     pub fn is_own_echo(&self, key: &ObjectRef<K>, version: &str) -> bool {
         self.objects
-            .with_existing(key, |entry| match &entry.written {
-                Some(written) if written.produced == version => {
+            .with_existing(key, |entry| {
+                let Some(written) = entry.written.as_mut() else {
+                    return false;
+                };
+                if written.produced == version {
                     entry.written = None;
-                    true
+                    return true;
                 }
-                Some(written) if written.based_on == version => false,
-                Some(_) => {
-                    entry.written = None;
-                    false
+                match written.since.iter().position(|v| v == version) {
+                    // The version the first unseen write was conditional on: no news.
+                    Some(0) => false,
+                    // An earlier write of the chain: the cache is at it now.
+                    Some(at) => {
+                        written.since.drain(..at);
+                        true
+                    }
+                    None => {
+                        entry.written = None;
+                        false
+                    }
                 }
-                None => false,
             })
             .unwrap_or(false)
     }
@@ -198,13 +214,24 @@ where
         match sent {
             Ok(written) => {
                 readiness.write_succeeded();
-                let written = Written {
-                    based_on: resource_version.to_owned(),
-                    produced: written.resource_version().unwrap_or_default(),
-                    status: status.clone(),
-                };
-                self.objects
-                    .with(key, |entry| entry.written = Some(Box::new(written)));
+                let produced = written.resource_version().unwrap_or_default();
+                self.objects.with(key, |entry| {
+                    // Written on top of an unseen write: the cache may still be at any version
+                    // of the chain.
+                    let mut since = match entry.written.take() {
+                        Some(before) if before.produced == resource_version => before.since,
+                        _ => Vec::new(),
+                    };
+                    since.push(resource_version.to_owned());
+                    if since.len() > UNSEEN_CHAIN {
+                        since.drain(..since.len() - UNSEEN_CHAIN);
+                    }
+                    entry.written = Some(Box::new(Written {
+                        since,
+                        produced,
+                        status: status.clone(),
+                    }));
+                });
                 Ok(())
             }
             Err(source) => {
@@ -337,6 +364,33 @@ mod tests {
         assert!(echo(&writer, &echo_2));
         assert_eq!(writer.objects.len(), 0, "nothing left pending");
         assert_eq!(current(&writer, &echo_2), ("2".into(), 2));
+    }
+
+    #[tokio::test]
+    async fn writes_in_a_row_count_until_the_watch_catches_up_with_any_of_them() {
+        let (writer, mut server) = writer();
+        let cached = customer("1", 1);
+        write(&writer, &mut server, &cached, 2, Some((StatusCode::OK, 2)))
+            .await
+            .expect("written");
+        // Computed from the first write, which the cache does not show yet.
+        let after_first = customer("2", 2);
+        write(
+            &writer,
+            &mut server,
+            &after_first,
+            3,
+            Some((StatusCode::OK, 3)),
+        )
+        .await
+        .expect("written");
+        // The cache is two writes behind: the last one is what the object has.
+        assert_eq!(current(&writer, &cached), ("3".into(), 3));
+        // The first write's echo: the operator's own, and the second is still unseen.
+        assert!(echo(&writer, &after_first));
+        assert_eq!(current(&writer, &after_first), ("3".into(), 3));
+        assert!(echo(&writer, &customer("3", 3)));
+        assert_eq!(writer.objects.len(), 0, "nothing left pending");
     }
 
     #[test]
