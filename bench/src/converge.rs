@@ -150,7 +150,7 @@ pub async fn run_point(
 
     // The generator.
     let driver = Driver::new(&ctx.client, &ns, c);
-    let (generator, start, last_write) = drive(ctx, &driver, &plan).await?;
+    let (generator, start, last_write) = drive(ctx, &driver, &plan, "operator").await?;
     say(format!(
         "  generator done after {:.1}s, kube-apiserver at {:.0}% CPU ({} with no operator)",
         generator.seconds,
@@ -262,13 +262,22 @@ pub async fn run_point(
 }
 
 /// The generator's work on `plan`: its customers, its orders, then every wave of state changes;
-/// the figures, when it started and when its last write was answered.
+/// the figures, when it started and when its last write was answered. `run` names the run in
+/// the profile's file (`alone`, `operator`).
 async fn drive(
     ctx: &Context,
     driver: &Driver,
     plan: &Plan,
+    run: &str,
 ) -> Result<(Generator, Instant, Instant), String> {
     let cpu_before = ctx.apiserver_cpu_seconds()?;
+    let profile = ctx.profile_generator.map(|window| {
+        let orders = plan.orders.len();
+        let path = ctx
+            .out
+            .join(format!("apiserver-{orders}-generator-{run}.pprof"));
+        profile::record(&ctx.cp, window, path)
+    });
     let start = Instant::now();
     let t_customers = driver.create_customers(plan).await?;
     say(format!(
@@ -294,6 +303,9 @@ async fn drive(
     let last_write = Instant::now();
     let seconds = (last_write - start).as_secs_f64();
     let apiserver_cpu_percent = (ctx.apiserver_cpu_seconds()? - cpu_before) * 100.0 / seconds;
+    if let Some(profile) = profile {
+        profile.finish()?;
+    }
     say(format!(
         "  {state_changes} state changes in {:.1}s",
         t_changes.as_secs_f64()
@@ -318,7 +330,7 @@ async fn generator_alone(ctx: &Context, plan: &Plan) -> Result<Generator, String
     let ns = fresh_namespace(&ctx.client, &format!("bench-alone-o{}", plan.orders.len())).await;
     say(format!("  with no operator, on {ns}:"));
     let driver = Driver::new(&ctx.client, &ns, ctx.concurrency);
-    let (generator, _, _) = drive(ctx, &driver, plan).await?;
+    let (generator, _, _) = drive(ctx, &driver, plan, "alone").await?;
     let params = DeleteParams::default();
     let list = ListParams::default();
     let orders: Api<Order> = Api::namespaced(ctx.client.clone(), &ns);

@@ -79,6 +79,11 @@ struct Args {
     /// into `target/bench/apiserver-<point>-restart-<lists>.pprof` (read with `go tool pprof`).
     #[arg(long)]
     profile_restarts: Option<u64>,
+    /// Record kube-apiserver's CPU profile for this many seconds from the start of each run of
+    /// the generator (with no operator, then with it), into
+    /// `target/bench/apiserver-<point>-generator-{alone,operator}.pprof`.
+    #[arg(long)]
+    profile_generator: Option<u64>,
     /// Skip the converge points (e.g. to run only --freshness).
     #[arg(long)]
     skip_converge: bool,
@@ -150,6 +155,8 @@ pub struct Context {
     pub alone: bool,
     /// How long to profile kube-apiserver from each restart's start, if at all.
     pub profile_restarts: Option<Duration>,
+    /// How long to profile kube-apiserver from the start of each generator run, if at all.
+    pub profile_generator: Option<Duration>,
     pub rate: f64,
     pub seconds: f64,
     pub flowschema: bool,
@@ -240,7 +247,7 @@ async fn run(args: Args) -> Result<(), String> {
         lifetime: Lifetime::ThisProcess,
         audit: AuditMode::Batch,
         node: None,
-        profiling: args.profile_restarts.is_some(),
+        profiling: args.profile_restarts.is_some() || args.profile_generator.is_some(),
     })?;
     say(format!(
         "control plane ready in {:.1}s",
@@ -266,6 +273,7 @@ async fn run(args: Args) -> Result<(), String> {
         floor: !args.no_floor,
         alone: !args.no_alone,
         profile_restarts: args.profile_restarts.map(Duration::from_secs),
+        profile_generator: args.profile_generator.map(Duration::from_secs),
         rate: args.rate[0],
         seconds: args.seconds,
         flowschema: args.flowschema != FlowSchema::Off,

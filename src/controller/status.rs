@@ -349,13 +349,20 @@ mod tests {
         sent.await.unwrap()
     }
 
-    #[tokio::test]
-    async fn a_write_counts_until_its_echo_arrives() {
+    /// A writer that has written score 2 on the cached customer at version 1 (producing
+    /// version 2), the server, and that cached customer.
+    async fn written_once() -> (Writer, ApiServer, Customer) {
         let (writer, mut server) = writer();
         let cached = customer("1", 1);
         write(&writer, &mut server, &cached, 2, Some((StatusCode::OK, 2)))
             .await
             .expect("written");
+        (writer, server, cached)
+    }
+
+    #[tokio::test]
+    async fn a_write_counts_until_its_echo_arrives() {
+        let (writer, _server, cached) = written_once().await;
         // The cache still shows version 1: what was written is current, at version 2.
         assert_eq!(current(&writer, &cached), ("2".into(), 2));
         assert!(!echo(&writer, &cached), "the old version is not news");
@@ -368,11 +375,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_in_a_row_count_until_the_watch_catches_up_with_any_of_them() {
-        let (writer, mut server) = writer();
-        let cached = customer("1", 1);
-        write(&writer, &mut server, &cached, 2, Some((StatusCode::OK, 2)))
-            .await
-            .expect("written");
+        let (writer, mut server, cached) = written_once().await;
         // Computed from the first write, which the cache does not show yet.
         let after_first = customer("2", 2);
         write(
@@ -429,11 +432,7 @@ mod tests {
 
     #[tokio::test]
     async fn someone_elses_version_is_news() {
-        let (writer, mut server) = writer();
-        let cached = customer("1", 1);
-        write(&writer, &mut server, &cached, 2, Some((StatusCode::OK, 2)))
-            .await
-            .expect("written");
+        let (writer, _server, _) = written_once().await;
         let forged = customer("3", 99);
         assert!(!echo(&writer, &forged));
         assert_eq!(current(&writer, &forged), ("3".into(), 99));
@@ -441,11 +440,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_conflict_forgets_the_write_before_it() {
-        let (writer, mut server) = writer();
-        let cached = customer("1", 1);
-        write(&writer, &mut server, &cached, 2, Some((StatusCode::OK, 2)))
-            .await
-            .expect("written");
+        let (writer, mut server, cached) = written_once().await;
         let failed = write(
             &writer,
             &mut server,
