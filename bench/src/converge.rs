@@ -141,7 +141,6 @@ pub async fn run_point(
     } else {
         None
     };
-    let alone_seconds = generator_alone.as_ref().map(|g| g.seconds);
     let ns = fresh_namespace(&ctx.client, &format!("bench-o{orders}")).await;
     let mut operator = start_operator(ctx, &ns, &format!("operator-{orders}"));
     wait_ready(operator.probe(), Duration::from_secs(60)).await?;
@@ -248,7 +247,7 @@ pub async fn run_point(
         concurrency: c,
         seed: ctx.seed,
         generator,
-        generator_alone_seconds: alone_seconds,
+        generator_alone_seconds: generator_alone.as_ref().map(|g| g.seconds),
         generator_alone_apiserver_cpu_percent: generator_alone.map(|g| g.apiserver_cpu_percent),
         converge_lag_seconds: lag,
         total_seconds: (converged_at - start).as_secs_f64(),

@@ -1,5 +1,6 @@
 //! kube-apiserver's CPU profile over a window (`--profile-restarts`, `--profile-generator`),
-//! for finding out what a measured figure is spent on. Read the file with `go tool pprof -top <file>`.
+//! for finding out what a measured figure is spent on. Read the file with
+//! `go tool pprof -top <file>`.
 
 use std::{path::PathBuf, process::Stdio, thread::JoinHandle, time::Duration};
 
