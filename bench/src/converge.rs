@@ -74,22 +74,26 @@ pub async fn operator_metrics(probe: &Probe) -> Result<OperatorFigures, String> 
     })
 }
 
-/// Progress of the customers towards their expected standing, as a watch sees it.
+/// Progress of objects towards what they should show, as a watch sees it.
 #[derive(Clone, Debug, Default)]
 struct Progress {
     matching: usize,
-    /// Since when every customer has matched (None while some do not).
+    /// Since when every object has matched (None while some do not).
     all_since: Option<Instant>,
     events: u64,
 }
 
-fn watch_customers(
-    client: &Client,
-    ns: &str,
-    expected: Arc<BTreeMap<String, Standing>>,
-) -> (watch::Receiver<Progress>, tokio::task::JoinHandle<()>) {
+/// Watches `api` until `count` objects have matched; each event's object matches or not.
+fn watch_matching<K>(
+    api: Api<K>,
+    count: usize,
+    matches: impl Fn(&K) -> bool + Send + 'static,
+) -> (watch::Receiver<Progress>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + 'static,
+    K: serde::de::DeserializeOwned,
+{
     let (tx, rx) = watch::channel(Progress::default());
-    let api: Api<Customer> = Api::namespaced(client.clone(), ns);
     let task = tokio::spawn(async move {
         let mut matching = HashSet::<String>::new();
         let mut events = 0u64;
@@ -99,16 +103,14 @@ fn watch_customers(
                 .applied_objects()
         );
         while let Some(event) = stream.next().await {
-            let Ok(customer) = event else { continue };
+            let Ok(object) = event else { continue };
             events += 1;
-            let name = customer.name_any();
-            let shown = customer.status.as_ref().and_then(CustomerStatus::standing);
-            if shown.as_ref() == expected.get(&name) {
-                matching.insert(name);
+            if matches(&object) {
+                matching.insert(object.name_any());
             } else {
-                matching.remove(&name);
+                matching.remove(&object.name_any());
             }
-            let all = matching.len() == expected.len();
+            let all = matching.len() == count;
             tx.send_modify(|p| {
                 p.matching = matching.len();
                 p.events = events;
@@ -121,6 +123,71 @@ fn watch_customers(
         }
     });
     (rx, task)
+}
+
+/// Every customer's standing against what the plan gives.
+fn watch_customers(
+    client: &Client,
+    ns: &str,
+    expected: Arc<BTreeMap<String, Standing>>,
+) -> (watch::Receiver<Progress>, tokio::task::JoinHandle<()>) {
+    let count = expected.len();
+    watch_matching(
+        Api::namespaced(client.clone(), ns),
+        count,
+        move |c: &Customer| {
+            let shown = c.status.as_ref().and_then(CustomerStatus::standing);
+            shown.as_ref() == expected.get(&c.name_any())
+        },
+    )
+}
+
+/// Every order's receipt: its phase and observed generation are those of its spec.
+fn watch_receipts(
+    client: &Client,
+    ns: &str,
+    orders: usize,
+) -> (watch::Receiver<Progress>, tokio::task::JoinHandle<()>) {
+    watch_matching(Api::namespaced(client.clone(), ns), orders, |o: &Order| {
+        o.status.as_ref().is_some_and(|s| {
+            s.phase == Some(o.spec.state) && s.observed_generation == o.metadata.generation
+        })
+    })
+}
+
+/// Waits until every one of `count` objects matches, saying how far it is every 10 s; when
+/// that began.
+async fn all_match(
+    progress: &mut watch::Receiver<Progress>,
+    deadline: Instant,
+    count: usize,
+    what: &str,
+) -> Result<Instant, String> {
+    loop {
+        let waited = tokio::time::timeout(
+            Duration::from_secs(10),
+            progress.wait_for(|p| p.all_since.is_some()),
+        )
+        .await
+        .map(|r| r.map(|p| p.all_since));
+        match waited {
+            Ok(Ok(since)) => return Ok(since.expect("waited for it")),
+            Ok(Err(_)) => return Err(format!("the watch of {what} ended")),
+            Err(_) => {
+                let p = progress.borrow().clone();
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "not converged by the deadline: {}/{count} {what} match",
+                        p.matching
+                    ));
+                }
+                say(format!(
+                    "  waiting: {}/{count} {what} match ({} watch events)",
+                    p.matching, p.events
+                ));
+            }
+        }
+    }
 }
 
 /// The wall-clock time of a monotonic instant in the past.
@@ -146,6 +213,7 @@ pub async fn run_point(
     wait_ready(operator.probe(), Duration::from_secs(60)).await?;
     let idle = operator.stats().unwrap_or_default();
     let (mut progress, watch_task) = watch_customers(&ctx.client, &ns, expected.clone());
+    let (mut receipts, receipts_task) = watch_receipts(&ctx.client, &ns, orders);
 
     // The generator.
     let driver = Driver::new(&ctx.client, &ns, c);
@@ -162,44 +230,28 @@ pub async fn run_point(
             ))
     ));
 
-    // Convergence, as the watch sees it.
+    // Convergence, as the watches see it: the customers (what users read), then the receipts.
     let deadline = last_write + Duration::from_secs(ctx.converge_timeout);
-    let converged_at = loop {
-        let waited = tokio::time::timeout(
-            Duration::from_secs(10),
-            progress.wait_for(|p| p.all_since.is_some()),
-        )
-        .await
-        .map(|r| r.map(|p| p.all_since));
-        match waited {
-            Ok(Ok(since)) => break since.expect("waited for it"),
-            Ok(Err(_)) => return Err("the customer watch ended".into()),
-            Err(_) => {
-                let p = progress.borrow().clone();
-                if Instant::now() > deadline {
-                    return Err(format!(
-                        "not converged {}s after the last write: {}/{customers} customers match",
-                        ctx.converge_timeout, p.matching
-                    ));
-                }
-                say(format!(
-                    "  waiting: {}/{customers} customers match ({} watch events)",
-                    p.matching, p.events
-                ));
-            }
-        }
-    };
+    let converged_at = all_match(&mut progress, deadline, customers, "customers").await?;
+    let receipts_at = all_match(&mut receipts, deadline, orders, "order receipts").await?;
     let lag = converged_at
         .saturating_duration_since(last_write)
         .as_secs_f64();
-    say(format!("  converged {lag:.3}s after the last write"));
+    let receipts_lag = receipts_at
+        .saturating_duration_since(last_write)
+        .as_secs_f64();
+    say(format!(
+        "  converged {lag:.3}s after the last write (every receipt current after {receipts_lag:.3}s)"
+    ));
+    let converged_at = converged_at.max(receipts_at);
 
     // Quiet after convergence?
     let at_convergence = operator_metrics(operator.probe()).await?;
     tokio::time::sleep(Duration::from_secs(ctx.settle)).await;
     let mut figures = operator_metrics(operator.probe()).await?;
     let stats = operator.stats().unwrap_or_default();
-    let still_converged = progress.borrow().all_since.is_some();
+    let still_converged =
+        progress.borrow().all_since.is_some() && receipts.borrow().all_since.is_some();
     let writes = |f: &OperatorFigures| f.status_writes_customer + f.status_writes_order;
     figures.status_writes_after_convergence = writes(&figures) - writes(&at_convergence);
     figures.idle_rss_kib = idle.rss_kib;
@@ -217,6 +269,7 @@ pub async fn run_point(
     let restart_streaming = restart_with(ctx, &ns, orders, "streaming").await?;
     let restart = restart_with(ctx, &ns, orders, "paged").await?;
     watch_task.abort();
+    receipts_task.abort();
 
     let floor = if ctx.floor {
         Some(floor::measure(&ctx.generator, &ctx.as_operator, &plan, c, lag).await?)
@@ -241,6 +294,7 @@ pub async fn run_point(
         customers,
     );
     Ok(ConvergePoint {
+        operator_binary: ctx.operator_bin.display().to_string(),
         customers,
         orders,
         namespace: ns,
@@ -250,6 +304,7 @@ pub async fn run_point(
         generator_alone_seconds: generator_alone.as_ref().map(|g| g.seconds),
         generator_alone_apiserver_cpu_percent: generator_alone.map(|g| g.apiserver_cpu_percent),
         converge_lag_seconds: lag,
+        receipts_lag_seconds: receipts_lag,
         total_seconds: (converged_at - start).as_secs_f64(),
         still_converged_after_settle: still_converged,
         operator: figures,

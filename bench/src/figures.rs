@@ -8,6 +8,7 @@ use serde::Serialize;
 /// catches up.
 #[derive(Clone, Debug, Serialize)]
 pub struct ConvergePoint {
+    pub operator_binary: String,
     pub customers: usize,
     pub orders: usize,
     pub namespace: String,
@@ -23,7 +24,10 @@ pub struct ConvergePoint {
     /// From the generator's last write to the first moment a watch saw every Customer with its
     /// expected standing.
     pub converge_lag_seconds: f64,
-    /// From the generator's first write to that moment.
+    /// From the generator's last write to the first moment a watch saw every Order's receipt
+    /// (phase, observed generation) current: receipts may come after the customers.
+    pub receipts_lag_seconds: f64,
+    /// From the generator's first write to the moment customers and receipts were both seen.
     pub total_seconds: f64,
     pub still_converged_after_settle: bool,
     pub operator: OperatorFigures,
@@ -77,7 +81,7 @@ pub struct AuditFigures {
     pub order_status_writes_per_transition: f64,
     pub customer_status_writes_per_transition: f64,
     pub customer_status_writes_per_customer: f64,
-    /// Status writes between the generator's last write and convergence.
+    /// Status writes between the generator's last write and convergence (customers and receipts).
     pub status_writes_in_tail: u64,
     pub status_writes_in_tail_per_second: f64,
     /// Any write after convergence and before the operator stopped.

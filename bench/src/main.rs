@@ -19,6 +19,7 @@ mod floor;
 mod freshness;
 mod profile;
 mod report;
+mod rows;
 mod settlement;
 
 use std::{
@@ -38,7 +39,7 @@ use reserve_testkit::{
     tools::repo_root,
 };
 
-use figures::{Growth, Summary};
+use figures::{ConvergePoint, Growth, Summary};
 
 const SWEEP: [usize; 3] = [1_000, 5_000, 20_000];
 const FLOWCONTROL: &str = "manifests/operator/flowcontrol.yaml";
@@ -94,8 +95,8 @@ struct Args {
     /// (one control plane), which reports the knee.
     #[arg(long, value_delimiter = ',', default_value = "200")]
     rate: Vec<f64>,
-    /// Freshness: the operator binaries to measure, alternately at each rate (default: this
-    /// tree's release build).
+    /// The operator binaries to measure, alternately at each converge point and each
+    /// freshness rate (default: this tree's release build).
     #[arg(long, value_delimiter = ',')]
     operator: Vec<PathBuf>,
     /// Freshness: how long, in seconds.
@@ -289,8 +290,12 @@ async fn run(args: Args) -> Result<(), String> {
             points.len(),
             args.customers
         ));
-        results.push(converge::run_point(&ctx, args.customers, orders).await?);
+        for binary in &binaries {
+            ctx.operator_bin = binary.clone();
+            results.push(converge::run_point(&ctx, args.customers, orders).await?);
+        }
     }
+    ctx.operator_bin = operator_bin.clone();
     let mut fresh = Vec::new();
     if args.freshness {
         let settings: &[bool] = match args.flowschema {
@@ -349,20 +354,31 @@ async fn run(args: Args) -> Result<(), String> {
         None
     };
 
-    let growth: Vec<Growth> = results
-        .windows(2)
-        .map(|w| {
-            let extra = (w[1].orders - w[0].orders) as f64;
-            Growth {
-                from_orders: w[0].orders,
-                to_orders: w[1].orders,
-                peak_rss_kib_per_extra_order: (w[1].operator.peak_rss_kib as f64
-                    - w[0].operator.peak_rss_kib as f64)
-                    / extra,
-                settled_rss_kib_per_extra_order: (w[1].operator.rss_kib as f64
-                    - w[0].operator.rss_kib as f64)
-                    / extra,
-            }
+    // Between one binary's points, each larger than the one before.
+    let growth: Vec<Growth> = binaries
+        .iter()
+        .flat_map(|binary| {
+            let binary = binary.display().to_string();
+            let theirs: Vec<_> = results
+                .iter()
+                .filter(|p| p.operator_binary == binary)
+                .collect();
+            theirs
+                .windows(2)
+                .filter(|w| w[1].orders > w[0].orders)
+                .map(|w| {
+                    let extra = (w[1].orders - w[0].orders) as f64;
+                    let rise = |kib: fn(&ConvergePoint) -> u64| {
+                        (kib(w[1]) as f64 - kib(w[0]) as f64) / extra
+                    };
+                    Growth {
+                        from_orders: w[0].orders,
+                        to_orders: w[1].orders,
+                        peak_rss_kib_per_extra_order: rise(|p| p.operator.peak_rss_kib),
+                        settled_rss_kib_per_extra_order: rise(|p| p.operator.rss_kib),
+                    }
+                })
+                .collect::<Vec<_>>()
         })
         .collect();
     let per_reconcile: Vec<f64> = results

@@ -2,7 +2,10 @@
 
 use std::fmt::Write as _;
 
-use crate::figures::{ConvergePoint, Freshness, Growth, SettlementRun, Summary, Target};
+use crate::{
+    figures::{ConvergePoint, Freshness, Growth, SettlementRun, Summary, Target},
+    rows,
+};
 
 /// Targets, checked on the largest converge point and on the freshness runs.
 pub fn targets(
@@ -311,114 +314,8 @@ fn settlement_targets(run: &SettlementRun) -> Vec<Target> {
     ]
 }
 
-type Row = (&'static str, fn(&ConvergePoint) -> String);
-
-fn f(v: f64, decimals: usize) -> String {
-    format!("{v:.decimals$}")
-}
-
 pub fn render(summary: &Summary) -> String {
-    let rows: Vec<Row> = vec![
-        ("customers", |p| p.customers.to_string()),
-        ("orders", |p| p.orders.to_string()),
-        ("order transitions", |p| {
-            p.generator.order_transitions.to_string()
-        }),
-        ("generator time (s)", |p| f(p.generator.seconds, 1)),
-        ("  with no operator (s)", |p| {
-            p.generator_alone_seconds.map_or("-".into(), |s| f(s, 1))
-        }),
-        ("  kube-apiserver CPU (%)", |p| {
-            f(p.generator.apiserver_cpu_percent, 0)
-        }),
-        ("  with no operator: kube-apiserver CPU (%)", |p| {
-            p.generator_alone_apiserver_cpu_percent
-                .map_or("-".into(), |c| f(c, 0))
-        }),
-        ("converge lag (s)", |p| f(p.converge_lag_seconds, 3)),
-        ("floor: final status writes", |p| {
-            p.floor
-                .as_ref()
-                .map_or("-".into(), |f| f.status_writes.to_string())
-        }),
-        ("floor: time (s)", |p| {
-            p.floor.as_ref().map_or("-".into(), |fl| f(fl.seconds, 2))
-        }),
-        ("lag / floor", |p| {
-            p.floor
-                .as_ref()
-                .map_or("-".into(), |fl| f(fl.converge_lag_over_floor, 3))
-        }),
-        ("tail: status writes", |p| {
-            p.audit.status_writes_in_tail.to_string()
-        }),
-        ("operator API requests", |p| p.audit.requests.to_string()),
-        ("order status writes", |p| {
-            p.audit.order_status_writes.to_string()
-        }),
-        ("  per order transition", |p| {
-            f(p.audit.order_status_writes_per_transition, 3)
-        }),
-        ("customer status writes", |p| {
-            p.audit.customer_status_writes.to_string()
-        }),
-        ("  per order transition", |p| {
-            f(p.audit.customer_status_writes_per_transition, 3)
-        }),
-        ("status write conflicts (409)", |p| {
-            p.audit.status_write_conflicts.to_string()
-        }),
-        ("writes after convergence", |p| {
-            p.audit.writes_after_convergence.to_string()
-        }),
-        ("restart: ready after (s)", |p| {
-            f(p.restart.seconds_to_ready, 2)
-        }),
-        ("restart: status writes", |p| f(p.restart.status_writes, 0)),
-        ("restart: API server RSS +MiB", |p| {
-            f(p.restart.apiserver_peak_rss_growth_mib, 1)
-        }),
-        ("restart: CPU to ready, operator (s)", |p| {
-            f(p.restart.operator_cpu_seconds_to_ready, 2)
-        }),
-        ("restart: CPU to ready, API server (s)", |p| {
-            f(p.restart.apiserver_cpu_seconds_to_ready, 2)
-        }),
-        ("restart: API server consistency checks", |p| {
-            p.restart.apiserver_consistency_checks_to_ready.to_string()
-        }),
-        ("restart, streaming: ready after (s)", |p| {
-            f(p.restart_streaming.seconds_to_ready, 2)
-        }),
-        ("restart, streaming: status writes", |p| {
-            f(p.restart_streaming.status_writes, 0)
-        }),
-        ("restart, streaming: API server +MiB", |p| {
-            f(p.restart_streaming.apiserver_peak_rss_growth_mib, 1)
-        }),
-        ("restart, streaming: CPU to ready, operator (s)", |p| {
-            f(p.restart_streaming.operator_cpu_seconds_to_ready, 2)
-        }),
-        ("restart, streaming: CPU to ready, API server (s)", |p| {
-            f(p.restart_streaming.apiserver_cpu_seconds_to_ready, 2)
-        }),
-        ("restart, streaming: API server consistency checks", |p| {
-            p.restart_streaming
-                .apiserver_consistency_checks_to_ready
-                .to_string()
-        }),
-        ("peak RSS (MiB)", |p| {
-            f(p.operator.peak_rss_kib as f64 / 1024.0, 1)
-        }),
-        ("CPU (s)", |p| f(p.operator.cpu_seconds, 1)),
-        ("reconciles customer", |p| {
-            f(p.operator.reconciles_customer, 0)
-        }),
-        ("reconciles order", |p| f(p.operator.reconciles_order, 0)),
-        ("CPU per reconcile (us)", |p| {
-            f(p.operator.cpu_microseconds_per_reconcile, 1)
-        }),
-    ];
+    let rows = rows::converge();
     let mut out = String::new();
     let _ = writeln!(
         out,
