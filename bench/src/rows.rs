@@ -1,8 +1,33 @@
 //! The rows of the converge points' table: one figure of every point per row.
 
-use crate::figures::ConvergePoint;
+use crate::figures::{ConvergePoint, Restart};
 
-pub type Row = (&'static str, fn(&ConvergePoint) -> String);
+/// A row: its label, and how a point shows its figure.
+pub type Row = (String, Box<dyn Fn(&ConvergePoint) -> String>);
+
+/// A figure of a `T`: its label, and how it is shown.
+type Figure<T> = (&'static str, fn(&T) -> String);
+
+/// Which of a point's restarts.
+type RestartOf = fn(&ConvergePoint) -> &Restart;
+
+/// What each restart shows, under its own prefix.
+const RESTART: [Figure<Restart>; 6] = [
+    ("ready after (s)", |r| f(r.seconds_to_ready, 2)),
+    ("status writes", |r| f(r.status_writes, 0)),
+    ("API server RSS +MiB", |r| {
+        f(r.apiserver_peak_rss_growth_mib, 1)
+    }),
+    ("CPU to ready, operator (s)", |r| {
+        f(r.operator_cpu_seconds_to_ready, 2)
+    }),
+    ("CPU to ready, API server (s)", |r| {
+        f(r.apiserver_cpu_seconds_to_ready, 2)
+    }),
+    ("API server consistency checks", |r| {
+        r.apiserver_consistency_checks_to_ready.to_string()
+    }),
+];
 
 /// `v` with `decimals` decimals.
 pub fn f(v: f64, decimals: usize) -> String {
@@ -11,7 +36,7 @@ pub fn f(v: f64, decimals: usize) -> String {
 
 /// Every row, in the order printed.
 pub fn converge() -> Vec<Row> {
-    vec![
+    let before: [Figure<ConvergePoint>; 21] = [
         ("operator", |p| {
             std::path::Path::new(&p.operator_binary)
                 .file_name()
@@ -74,42 +99,8 @@ pub fn converge() -> Vec<Row> {
         ("writes after convergence", |p| {
             p.audit.writes_after_convergence.to_string()
         }),
-        ("restart: ready after (s)", |p| {
-            f(p.restart.seconds_to_ready, 2)
-        }),
-        ("restart: status writes", |p| f(p.restart.status_writes, 0)),
-        ("restart: API server RSS +MiB", |p| {
-            f(p.restart.apiserver_peak_rss_growth_mib, 1)
-        }),
-        ("restart: CPU to ready, operator (s)", |p| {
-            f(p.restart.operator_cpu_seconds_to_ready, 2)
-        }),
-        ("restart: CPU to ready, API server (s)", |p| {
-            f(p.restart.apiserver_cpu_seconds_to_ready, 2)
-        }),
-        ("restart: API server consistency checks", |p| {
-            p.restart.apiserver_consistency_checks_to_ready.to_string()
-        }),
-        ("restart, streaming: ready after (s)", |p| {
-            f(p.restart_streaming.seconds_to_ready, 2)
-        }),
-        ("restart, streaming: status writes", |p| {
-            f(p.restart_streaming.status_writes, 0)
-        }),
-        ("restart, streaming: API server +MiB", |p| {
-            f(p.restart_streaming.apiserver_peak_rss_growth_mib, 1)
-        }),
-        ("restart, streaming: CPU to ready, operator (s)", |p| {
-            f(p.restart_streaming.operator_cpu_seconds_to_ready, 2)
-        }),
-        ("restart, streaming: CPU to ready, API server (s)", |p| {
-            f(p.restart_streaming.apiserver_cpu_seconds_to_ready, 2)
-        }),
-        ("restart, streaming: API server consistency checks", |p| {
-            p.restart_streaming
-                .apiserver_consistency_checks_to_ready
-                .to_string()
-        }),
+    ];
+    let after: [Figure<ConvergePoint>; 5] = [
         ("peak RSS (MiB)", |p| {
             f(p.operator.peak_rss_kib as f64 / 1024.0, 1)
         }),
@@ -121,5 +112,24 @@ pub fn converge() -> Vec<Row> {
         ("CPU per reconcile (us)", |p| {
             f(p.operator.cpu_microseconds_per_reconcile, 1)
         }),
-    ]
+    ];
+    let restarts: [(&str, RestartOf); 2] = [
+        ("restart", |p| &p.restart),
+        ("restart, streaming", |p| &p.restart_streaming),
+    ];
+    let point = |(label, value): Figure<ConvergePoint>| -> Row { (label.into(), Box::new(value)) };
+    let restart_rows = restarts.into_iter().flat_map(|(prefix, of)| {
+        RESTART.into_iter().map(move |(label, value)| -> Row {
+            (
+                format!("{prefix}: {label}"),
+                Box::new(move |p| value(of(p))),
+            )
+        })
+    });
+    before
+        .into_iter()
+        .map(point)
+        .chain(restart_rows)
+        .chain(after.into_iter().map(point))
+        .collect()
 }
