@@ -385,10 +385,17 @@ async fn generator_alone(ctx: &Context, plan: &Plan) -> Result<Generator, String
     say(format!("  with no operator, on {ns}:"));
     let driver = Driver::new(&ctx.client, &ns, ctx.concurrency);
     let (generator, _, _) = drive(ctx, &driver, plan, "alone").await?;
+    empty_namespace(&ctx.client, &ns).await?;
+    Ok(generator)
+}
+
+/// Deletes every Order and Customer of `ns` (two deletecollection requests), so what comes
+/// next meets a store no larger than before.
+pub async fn empty_namespace(client: &Client, ns: &str) -> Result<(), String> {
     let params = DeleteParams::default();
     let list = ListParams::default();
-    let orders: Api<Order> = Api::namespaced(ctx.client.clone(), &ns);
-    let customers: Api<Customer> = Api::namespaced(ctx.client.clone(), &ns);
+    let orders: Api<Order> = Api::namespaced(client.clone(), ns);
+    let customers: Api<Customer> = Api::namespaced(client.clone(), ns);
     orders
         .delete_collection(&params, &list)
         .await
@@ -397,7 +404,7 @@ async fn generator_alone(ctx: &Context, plan: &Plan) -> Result<Generator, String
         .delete_collection(&params, &list)
         .await
         .map_err(|e| format!("deleting the customers of {ns}: {e}"))?;
-    Ok(generator)
+    Ok(())
 }
 
 /// Starts the operator again on a converged namespace, with `initial_list`: time to ready, its

@@ -140,6 +140,17 @@ pub struct Freshness {
     pub customer_p99_ms_by_minute: Vec<f64>,
     /// Generator write answered -> a watch shows the order's phase.
     pub order: Latency,
+    /// Generator write answered -> a watch shows the write itself (the order's spec): how late
+    /// the operator learns of a change, and a status it writes shows, at this load.
+    pub users_write_seen: Latency,
+    /// The operator's side of the delay: kube-apiserver's answers to its status patches, their
+    /// wait in priority and fairness, its customer reconciles.
+    pub parts: crate::delay::DelayParts,
+    /// From the generator's last write until the watches showed every status current (None:
+    /// not within two minutes).
+    pub caught_up_seconds: Option<f64>,
+    /// Customers and Orders whose status in the store was not current after that.
+    pub wrong_at_end: usize,
     pub order_status_writes_per_transition: f64,
     pub customer_status_writes_per_transition: f64,
     pub writes_per_transition: f64,
@@ -148,6 +159,10 @@ pub struct Freshness {
     pub flood_rejected: u64,
     /// kube-apiserver's CPU over the run (100: one core).
     pub apiserver_cpu_percent: f64,
+    /// etcd's, and the bench's own (the generator and its watches), over the run: with the
+    /// operator's, what the machine's cores were spent on.
+    pub etcd_cpu_percent: f64,
+    pub bench_cpu_percent: f64,
     pub operator: OperatorFigures,
 }
 

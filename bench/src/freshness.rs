@@ -3,7 +3,7 @@
 //! reflecting it. Optionally under a flood of order creations by another writer.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -27,13 +27,15 @@ use serde_json::json;
 
 use crate::{
     Context,
-    converge::{operator_metrics, start_operator, wait_ready},
+    converge::{empty_namespace, operator_metrics, start_operator, wait_ready},
+    delay::{DelayParts, Scrape},
     figures::{Freshness, Latency},
     say,
 };
 
-/// How long to wait for the last transitions to show.
-const DRAIN: Duration = Duration::from_secs(10);
+/// How long after the generator's last write the statuses may take to catch up: a transition
+/// not shown by then is lost.
+const CATCH_UP: Duration = Duration::from_secs(120);
 
 #[derive(Clone, Copy)]
 enum Step {
@@ -53,12 +55,31 @@ struct History {
     requested: Vec<(String, i64)>,
     completed: Vec<(String, i64)>,
     busy: bool,
+    /// The status the watch showed last.
+    showing: Option<Tally>,
 }
 
 type Histories = Arc<Mutex<HashMap<String, History>>>;
 
-/// When each (order, state) was answered and first shown.
-type OrderTimes = Arc<Mutex<HashMap<(String, OrderState), (Option<Instant>, Option<Instant>)>>>;
+/// Of one order reaching one state: when the generator's write was answered, when a watch
+/// first showed the spec in that state (the users' write, as the operator learns of it), and
+/// when a watch first showed it as the order's phase.
+#[derive(Default)]
+struct Times {
+    answered: Option<Instant>,
+    seen: Option<Instant>,
+    shown: Option<Instant>,
+}
+
+/// What the watch on the Orders saw: each (order, state)'s times, and the orders whose receipt
+/// (phase, observed generation) is behind their spec.
+#[derive(Default)]
+struct Receipts {
+    times: HashMap<(String, OrderState), Times>,
+    behind: HashSet<String>,
+}
+
+type OrderTimes = Arc<Mutex<Receipts>>;
 
 pub async fn run(ctx: &Context, flood: usize) -> Result<Freshness, String> {
     let customers = ctx.customers;
@@ -84,6 +105,7 @@ pub async fn run(ctx: &Context, flood: usize) -> Result<Freshness, String> {
             .collect(),
     ));
     let order_times: OrderTimes = Arc::default();
+    let scrape_before = Scrape::take(ctx, operator.probe()).await?;
     let watches = [
         tokio::spawn(watch_customers(
             ctx.client.clone(),
@@ -104,6 +126,7 @@ pub async fn run(ctx: &Context, flood: usize) -> Result<Freshness, String> {
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / ctx.rate));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let apiserver_before = ctx.apiserver_cpu_seconds()?;
+    let (etcd_before, bench_before) = ctx.etcd_and_bench_cpu_seconds()?;
     let started = Instant::now();
     let mut in_flight = futures::stream::FuturesUnordered::new();
     let mut transitions = 0usize;
@@ -130,10 +153,19 @@ pub async fn run(ctx: &Context, flood: usize) -> Result<Freshness, String> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let apiserver_cpu_percent = (ctx.apiserver_cpu_seconds()? - apiserver_before) / seconds * 100.0;
-    tokio::time::sleep(DRAIN).await;
+    let (etcd_after, bench_after) = ctx.etcd_and_bench_cpu_seconds()?;
+    let etcd_cpu_percent = (etcd_after - etcd_before) / seconds * 100.0;
+    let bench_cpu_percent = (bench_after - bench_before) / seconds * 100.0;
+    let caught_up_seconds = caught_up(&histories, &order_times).await;
     for watch in watches {
         watch.abort();
     }
+    let wrong_at_end = wrong_in_store(&ctx.client, &ns, &histories).await?;
+    let parts = DelayParts::between(
+        &scrape_before,
+        &Scrape::take(ctx, operator.probe()).await?,
+        ctx.flowschema,
+    );
     let (flood_requests, flood_rejected) = match flooding {
         Some(task) => {
             task.abort();
@@ -150,7 +182,9 @@ pub async fn run(ctx: &Context, flood: usize) -> Result<Freshness, String> {
     let stats = operator.stats().unwrap_or_default();
     operator.sigterm();
     operator.wait_exit(Duration::from_secs(30));
-    let (customer, order) = latencies(&histories, &order_times);
+    // The next run (another rate, another binary) meets a store no larger than this one did.
+    empty_namespace(&ctx.client, &ns).await?;
+    let (customer, order, users_write_seen) = latencies(&histories, &order_times);
     let customer_p99_ms_by_minute = p99_by_minute(&histories, started);
     let per = |n: f64| n / transitions.max(1) as f64;
     let order_writes = after.status_writes_order - before.status_writes_order;
@@ -158,6 +192,12 @@ pub async fn run(ctx: &Context, flood: usize) -> Result<Freshness, String> {
     say(format!(
         "  freshness (flood {flood}): {transitions} transitions in {seconds:.1}s; customer p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; order p99 {:.0} ms; kube-apiserver CPU {apiserver_cpu_percent:.0}%",
         customer.p50_ms, customer.p99_ms, customer.max_ms, order.p99_ms
+    ));
+    say(format!(
+        "  caught up {}; wrong in the store at the end: {wrong_at_end}",
+        caught_up_seconds.map_or(format!("not within {CATCH_UP:?}"), |s| format!(
+            "{s:.1} s after the last write"
+        ))
     ));
     Ok(Freshness {
         operator_binary: ctx.operator_bin.display().to_string(),
@@ -171,12 +211,18 @@ pub async fn run(ctx: &Context, flood: usize) -> Result<Freshness, String> {
         customer,
         customer_p99_ms_by_minute,
         order,
+        users_write_seen,
+        parts,
+        caught_up_seconds,
+        wrong_at_end,
         order_status_writes_per_transition: per(order_writes),
         customer_status_writes_per_transition: per(customer_writes),
         writes_per_transition: per(order_writes + customer_writes),
         flood_requests,
         flood_rejected,
         apiserver_cpu_percent,
+        etcd_cpu_percent,
+        bench_cpu_percent,
         operator: crate::figures::OperatorFigures {
             peak_rss_kib: stats.peak_rss_kib,
             rss_kib: stats.rss_kib,
@@ -285,7 +331,8 @@ async fn transition(
     let answered = Instant::now();
     {
         let mut times = order_times.lock().unwrap_or_else(|p| p.into_inner());
-        times.entry((name.clone(), state)).or_insert((None, None)).0 = Some(answered);
+        let times = &mut times.times;
+        times.entry((name.clone(), state)).or_default().answered = Some(answered);
     }
     let mut histories = histories.lock().unwrap_or_else(|p| p.into_inner());
     let history = histories.get_mut(customer).expect("a known customer");
@@ -312,19 +359,14 @@ async fn watch_customers(client: Client, ns: String, histories: Histories) {
         let Ok(customer) = event else { continue };
         let now = Instant::now();
         let name = customer.name_any();
-        let Some(status) = customer.status else {
+        let Some(shown) = shown_tally(&customer) else {
             continue;
-        };
-        let shown = Tally {
-            score: status.score,
-            completed: status.completed_orders,
-            canceled: status.canceled_orders,
-            open: status.open_orders,
         };
         let mut histories = histories.lock().unwrap_or_else(|p| p.into_inner());
         let Some(history) = histories.get_mut(&name) else {
             continue;
         };
+        history.showing = Some(shown);
         if let Some(j) = history.tallies.iter().rposition(|t| *t == shown) {
             for seen in history.shown.iter_mut().take(j + 1) {
                 seen.get_or_insert(now);
@@ -343,19 +385,34 @@ async fn watch_orders(client: Client, ns: String, times: OrderTimes) {
     while let Some(event) = stream.next().await {
         let Ok(order) = event else { continue };
         let now = Instant::now();
-        let Some(phase) = order.status.as_ref().and_then(|s| s.phase) else {
-            continue;
-        };
-        let mut times = times.lock().unwrap_or_else(|p| p.into_inner());
+        let name = order.name_any();
+        let mut receipts = times.lock().unwrap_or_else(|p| p.into_inner());
+        let current = order.status.as_ref().is_some_and(|s| {
+            s.phase == Some(order.spec.state) && s.observed_generation == order.metadata.generation
+        });
+        if current {
+            receipts.behind.remove(&name);
+        } else {
+            receipts.behind.insert(name.clone());
+        }
+        let times = &mut receipts.times;
         times
-            .entry((order.name_any(), phase))
-            .or_insert((None, None))
-            .1
+            .entry((name.clone(), order.spec.state))
+            .or_default()
+            .seen
             .get_or_insert(now);
+        if let Some(phase) = order.status.as_ref().and_then(|s| s.phase) {
+            times
+                .entry((name, phase))
+                .or_default()
+                .shown
+                .get_or_insert(now);
+        }
     }
 }
 
-fn latencies(histories: &Histories, order_times: &OrderTimes) -> (Latency, Latency) {
+/// Customer and order delays, and how late a watch showed the users' own writes.
+fn latencies(histories: &Histories, order_times: &OrderTimes) -> (Latency, Latency, Latency) {
     let millis = |answered: Instant, shown: Instant| {
         shown.saturating_duration_since(answered).as_secs_f64() * 1000.0
     };
@@ -369,7 +426,8 @@ fn latencies(histories: &Histories, order_times: &OrderTimes) -> (Latency, Laten
             }
         }
     }
-    let times = order_times.lock().unwrap_or_else(|p| p.into_inner());
+    let receipts = order_times.lock().unwrap_or_else(|p| p.into_inner());
+    let times = &receipts.times;
     // A receipt that folds several transitions shows only the last phase: the earlier ones
     // count as shown when a later phase of the same order was.
     let later = |name: &str, state: OrderState| {
@@ -380,21 +438,98 @@ fn latencies(histories: &Histories, order_times: &OrderTimes) -> (Latency, Laten
         };
         after
             .iter()
-            .filter_map(|s| times.get(&(name.to_owned(), *s)).and_then(|t| t.1))
+            .filter_map(|s| times.get(&(name.to_owned(), *s)).and_then(|t| t.shown))
             .min()
     };
     let (mut order, mut order_missing) = (Vec::new(), 0);
-    for ((name, state), (answered, shown)) in times.iter() {
-        match (answered, shown.or_else(|| later(name, *state))) {
-            (Some(answered), Some(shown)) => order.push(millis(*answered, shown)),
-            (Some(_), None) => order_missing += 1,
-            _ => {}
+    let (mut seen, mut seen_missing) = (Vec::new(), 0);
+    for ((name, state), t) in times.iter() {
+        let Some(answered) = t.answered else { continue };
+        match t.shown.or_else(|| later(name, *state)) {
+            Some(shown) => order.push(millis(answered, shown)),
+            None => order_missing += 1,
+        }
+        match t.seen {
+            Some(at) => seen.push(millis(answered, at)),
+            None => seen_missing += 1,
         }
     }
     (
         Latency::of(customer, missing),
         Latency::of(order, order_missing),
+        Latency::of(seen, seen_missing),
     )
+}
+
+/// Seconds from now until the watches show every customer's last tally, every order's receipt
+/// current and every users' write seen (None: not within [`CATCH_UP`]).
+async fn caught_up(histories: &Histories, order_times: &OrderTimes) -> Option<f64> {
+    let since = Instant::now();
+    let current = || {
+        let histories = histories.lock().unwrap_or_else(|p| p.into_inner());
+        let receipts = order_times.lock().unwrap_or_else(|p| p.into_inner());
+        histories
+            .values()
+            .all(|h| h.showing == Some(h.tallies.last().copied().unwrap_or_default()))
+            && receipts.behind.is_empty()
+            && receipts
+                .times
+                .values()
+                .all(|t| t.answered.is_none() || t.seen.is_some())
+    };
+    while since.elapsed() < CATCH_UP {
+        if current() {
+            return Some(since.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// The score and counts a customer's status shows, if it has one.
+fn shown_tally(customer: &Customer) -> Option<Tally> {
+    customer.status.as_ref().map(|s| Tally {
+        score: s.score,
+        completed: s.completed_orders,
+        canceled: s.canceled_orders,
+        open: s.open_orders,
+    })
+}
+
+/// Customers and Orders whose status, as the store holds it now, is not what the generator's
+/// writes make it: a customer's counts and score not its last tally, an order's receipt behind
+/// its spec.
+async fn wrong_in_store(client: &Client, ns: &str, histories: &Histories) -> Result<usize, String> {
+    let customers = Api::<Customer>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .map_err(|e| format!("list customers: {e}"))?;
+    let orders = Api::<Order>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .map_err(|e| format!("list orders: {e}"))?;
+    let histories = histories.lock().unwrap_or_else(|p| p.into_inner());
+    let customers_wrong = customers
+        .items
+        .iter()
+        .filter(|c| {
+            let expected = histories
+                .get(&c.name_any())
+                .and_then(|h| h.tallies.last().copied())
+                .unwrap_or_default();
+            shown_tally(c) != Some(expected)
+        })
+        .count();
+    let orders_wrong = orders
+        .items
+        .iter()
+        .filter(|o| {
+            !o.status.as_ref().is_some_and(|s| {
+                s.phase == Some(o.spec.state) && s.observed_generation == o.metadata.generation
+            })
+        })
+        .count();
+    Ok(customers_wrong + orders_wrong)
 }
 
 /// The customer p99 of the transitions answered in each minute of the run (a transition never

@@ -14,6 +14,7 @@
 
 mod audit;
 mod converge;
+mod delay;
 mod figures;
 mod floor;
 mod freshness;
@@ -166,13 +167,23 @@ pub struct Context {
 impl Context {
     /// kube-apiserver's CPU (user + system) so far, from /proc.
     pub fn apiserver_cpu_seconds(&self) -> Result<f64, String> {
-        self.cp
-            .pids()
-            .1
-            .and_then(reserve_testkit::process::ProcStats::of)
-            .map(|s| s.cpu_seconds)
-            .ok_or_else(|| "kube-apiserver's /proc stats are not readable".to_owned())
+        cpu_seconds(self.cp.pids().1, "kube-apiserver")
     }
+
+    /// The CPU so far of the other processes sharing the machine with the operator: etcd and
+    /// this bench (its generator and watches).
+    pub fn etcd_and_bench_cpu_seconds(&self) -> Result<(f64, f64), String> {
+        Ok((
+            cpu_seconds(self.cp.pids().0, "etcd")?,
+            cpu_seconds(Some(std::process::id()), "the bench")?,
+        ))
+    }
+}
+
+fn cpu_seconds(pid: Option<u32>, what: &str) -> Result<f64, String> {
+    pid.and_then(reserve_testkit::process::ProcStats::of)
+        .map(|s| s.cpu_seconds)
+        .ok_or_else(|| format!("{what}'s /proc stats are not readable"))
 }
 
 pub fn say(message: impl AsRef<str>) {

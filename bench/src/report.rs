@@ -255,17 +255,33 @@ fn overload_targets(freshness: &[Freshness]) -> Vec<Target> {
                     "{binary}: at 2 x the knee ({}/s), p99 stops growing after the first minute (needs --seconds 180) and nothing is lost",
                     r.rate_per_second
                 ),
-                holds && r.customer.missing == 0 && r.order.missing == 0,
+                holds && r.customer.missing == 0 && r.order.missing == 0 && r.wrong_at_end == 0,
                 format!(
-                    "customer p99 per minute {:?} ms; never shown: {} customer, {} receipt",
+                    "customer p99 per minute {:?} ms; never shown: {} customer, {} receipt; wrong in the store at the end: {}",
                     minutes.iter().map(|m| m.round()).collect::<Vec<_>>(),
                     r.customer.missing,
-                    r.order.missing
+                    r.order.missing,
+                    r.wrong_at_end
                 ),
             ));
         }
     }
     targets
+}
+
+/// A histogram's figures, or `-` when it gained nothing.
+fn spread(s: &crate::delay::Spread) -> String {
+    if s.count == 0.0 {
+        return "-".into();
+    }
+    let bound =
+        |le: Option<f64>| le.map_or("past the last bucket".into(), |ms| format!("<= {ms:.0} ms"));
+    format!(
+        "{} / {} ({:.0})",
+        bound(s.p50_le_ms),
+        bound(s.p99_le_ms),
+        s.count
+    )
 }
 
 fn settlement_targets(run: &SettlementRun) -> Vec<Target> {
@@ -371,7 +387,7 @@ pub fn render(summary: &Summary) -> String {
     for run in &summary.freshness {
         let _ = writeln!(
             out,
-            "\nfreshness ({}): {} transitions/s for {:.0} s over {} customers (achieved {:.1}/s), FlowSchema {}, flood {}:\n  customer status: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples, {} never shown)\n  order status:    p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  writes per transition: {:.2} ({:.2} order, {:.2} customer); flood requests {} ({} refused); operator CPU {:.1} s, peak RSS {:.1} MiB; kube-apiserver CPU {:.0}%",
+            "\nfreshness ({}): {} transitions/s for {:.0} s over {} customers (achieved {:.1}/s), FlowSchema {}, flood {}:\n  customer status: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples, {} never shown)\n  order status:    p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  writes per transition: {:.2} ({:.2} order, {:.2} customer); flood requests {} ({} refused); operator CPU {:.1} s, peak RSS {:.1} MiB; kube-apiserver CPU {:.0}%, etcd {:.0}%, the bench {:.0}%",
             run.operator_binary,
             run.rate_per_second,
             run.seconds,
@@ -395,6 +411,8 @@ pub fn render(summary: &Summary) -> String {
             run.operator.cpu_seconds,
             run.operator.peak_rss_kib as f64 / 1024.0,
             run.apiserver_cpu_percent,
+            run.etcd_cpu_percent,
+            run.bench_cpu_percent,
         );
         let _ = writeln!(
             out,
@@ -403,6 +421,22 @@ pub fn render(summary: &Summary) -> String {
                 .iter()
                 .map(|m| m.round())
                 .collect::<Vec<_>>()
+        );
+        let seen = &run.users_write_seen;
+        let parts = &run.parts;
+        let _ = writeln!(
+            out,
+            "  where a customer's delay goes: a watch shows the users' writes after p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (the operator learns of a change, and users see its status, no sooner)\n  kube-apiserver's answer to the operator's status patches, p50 / p99 as bucket bounds (count): customers {}, receipts {}; of which waiting in priority and fairness {}; customer reconciles {}\n  caught up {} after the last write; wrong in the store at the end: {}",
+            seen.p50_ms,
+            seen.p99_ms,
+            seen.max_ms,
+            spread(&parts.customer_patch),
+            spread(&parts.order_patch),
+            spread(&parts.queue_wait),
+            spread(&parts.customer_reconcile),
+            run.caught_up_seconds
+                .map_or("not within 120 s".into(), |s| format!("{s:.1} s")),
+            run.wrong_at_end,
         );
     }
     for knee in &summary.knees {
@@ -492,4 +526,7 @@ Restart: the operator stopped once converged and started again; time to /readyz 
 status writes (none expected), and how far kube-apiserver's RSS rose meanwhile (sampled every \
 20 ms). RSS: VmHWM and VmRSS; CPU: utime+stime of the operator. \
 Freshness: for every transition, from the generator's answer to the first watch event showing \
-the customer's status (or the order's phase) reflecting it.";
+the customer's status (or the order's phase) reflecting it; never shown: not shown by the time \
+every status was current again (at most 2 minutes after the last write). A watch shows the \
+users' writes: from the generator's answer to the event carrying its write. Status patches: \
+kube-apiserver's apiserver_request_duration_seconds, priority and fairness's wait included.";

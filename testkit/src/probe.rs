@@ -93,6 +93,29 @@ impl Metrics {
         self.samples(name, labels).sum()
     }
 
+    /// The cumulative buckets (upper bound, count) of histogram `name`, summed over every
+    /// sample whose labels include `labels`, by bound; empty when there is none.
+    pub fn histogram(&self, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        for sample in
+            self.scrape.samples.iter().filter(|s| {
+                s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+            })
+        {
+            let Value::Histogram(counts) = &sample.value else {
+                continue;
+            };
+            for count in counts {
+                match buckets.iter_mut().find(|(le, _)| *le == count.less_than) {
+                    Some((_, total)) => *total += count.count,
+                    None => buckets.push((count.less_than, count.count)),
+                }
+            }
+        }
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        buckets
+    }
+
     /// HELP text per family.
     pub fn help(&self, family: &str) -> Option<&str> {
         self.scrape.docs.get(family).map(String::as_str)
@@ -136,5 +159,20 @@ mod tests {
             metrics.help("reserve_reconciles_total"),
             Some("Reconciles run")
         );
+    }
+
+    #[test]
+    fn sums_histogram_buckets_over_matching_samples() {
+        let text = "# TYPE d histogram\nd_bucket{verb=\"PATCH\",le=\"0.1\"} 2\nd_bucket{verb=\"PATCH\",le=\"1\"} 5\nd_bucket{verb=\"PATCH\",le=\"+Inf\"} 6\nd_sum{verb=\"PATCH\"} 3\nd_count{verb=\"PATCH\"} 6\nd_bucket{verb=\"GET\",le=\"0.1\"} 7\nd_bucket{verb=\"GET\",le=\"1\"} 7\nd_bucket{verb=\"GET\",le=\"+Inf\"} 7\n";
+        let metrics = Metrics::parse(text).unwrap();
+        assert_eq!(
+            metrics.histogram("d", &[("verb", "PATCH")]),
+            vec![(0.1, 2.0), (1.0, 5.0), (f64::INFINITY, 6.0)]
+        );
+        assert_eq!(
+            metrics.histogram("d", &[]),
+            vec![(0.1, 9.0), (1.0, 12.0), (f64::INFINITY, 13.0)]
+        );
+        assert!(metrics.histogram("e", &[]).is_empty());
     }
 }
