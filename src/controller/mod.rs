@@ -52,6 +52,6 @@ pub use feed::Wakes;
 pub use index::{Index, OrderKey};
 pub use readiness::{Readiness, ReadyCollector};
 pub use status::FIELD_MANAGER;
-pub use term::{CONCURRENCY, RESYNC, lead};
+pub use term::{CUSTOMER_CONCURRENCY, ORDER_CONCURRENCY, RESYNC, lead};
 pub use triggers::Triggers;
 pub use watches::{CacheWriters, Caches, Watches, caches, watch};

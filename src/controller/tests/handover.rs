@@ -11,7 +11,7 @@ use kube::runtime::watcher;
 use tokio::sync::oneshot;
 
 use super::super::{
-    CONCURRENCY, caches, feed,
+    ORDER_CONCURRENCY, caches, feed,
     fixtures::{self, Exchange, written_customer, written_order},
     index::OrderKey,
     lead, order,
@@ -103,14 +103,14 @@ async fn a_new_leader_writes_each_stale_receipt_once_and_a_change_first() {
     let mut version = 1_000;
     // The term's sweep fills every slot with a stale receipt's write; they stay unanswered.
     let mut held = Vec::new();
-    while held.len() < usize::from(CONCURRENCY) {
+    while held.len() < ORDER_CONCURRENCY {
         held.push(next_order_write(&mut server, &mut version).await);
     }
     // Meanwhile a customer refunds an order whose receipt was up to date.
     let refunded = order(stale + 7, OrderState::Canceled, 5_000);
     let mut feed_orders = feed::feed::<Order>(ctx.clone(), |_| Sweeps::default());
     feed_orders(&Ok(watcher::Event::Apply(refunded)));
-    // One slot frees: the refund goes first, before the 36 stale receipts still waiting.
+    // One slot frees: the refund goes first, before the stale receipts still waiting.
     let first = held.remove(0);
     let first_written = (
         first.name().to_owned(),
