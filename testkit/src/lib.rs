@@ -10,6 +10,7 @@ pub mod fixtures;
 pub mod invariants;
 pub mod node;
 pub mod operator;
+pub mod ports;
 pub mod probe;
 pub mod process;
 pub mod proxy;
@@ -23,8 +24,9 @@ pub mod workload;
 
 pub use control_plane::{AuditMode, ControlPlane, Options};
 pub use operator::{InProcessOperator, Launch, OperatorProcess};
+pub use ports::free_port;
 pub use probe::{Metrics, Probe};
-pub use process::{Lifetime, Proc, free_port, watchdog};
+pub use process::{Lifetime, Proc, watchdog};
 pub use rbac::Identity;
 pub use shop::Shop;
 pub use wait::{eventually, until};

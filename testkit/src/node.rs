@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     ControlPlane, Options,
     control_plane::{AuditMode, NODE_TOKEN, text},
-    process::{Lifetime, Proc, free_port},
+    ports::free_port,
+    process::{Lifetime, Proc},
     tools,
 };
 use host::{BRIDGE, Changes, POD_CIDR};

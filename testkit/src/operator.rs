@@ -18,8 +18,9 @@ use reserve_operator::{
 use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::{
+    ports::free_port,
     probe::Probe,
-    process::{Lifetime, Proc, free_port, watchdog},
+    process::{Lifetime, Proc, watchdog},
 };
 
 /// The operator binary of the package under test (integration tests of the root package only).

@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     audit::{self, AuditEvent},
     certs,
-    process::{Lifetime, Proc, free_port, tail, watchdog},
+    ports::free_port,
+    process::{Lifetime, Proc, tail, watchdog},
     rbac::Identity,
     tools,
 };
