@@ -12,7 +12,7 @@ pub use ledger::{AbsorbedOrder, Ledger, LedgerSpec};
 pub use order::{Order, OrderSpec, OrderState, OrderStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSON, JSONSchemaProps,
+    CustomResourceDefinition, JSON, JSONSchemaProps, JSONSchemaPropsOrArray,
 };
 use kube::CustomResourceExt;
 use serde_json::json;
@@ -69,16 +69,43 @@ fn property<'a>(schema: &'a mut JSONSchemaProps, name: &str) -> Option<&'a mut J
 }
 
 /// A new object reads as not yet observed (kstatus `InProgress`) until the operator's first
-/// status write sets `observedGeneration` to the object's generation.
+/// status write sets `observedGeneration` to the object's generation. Nothing else of the
+/// status has a default: the API server applies the defaults inside a defaulted object too, and
+/// a new Customer would show a score of 0 that nobody computed (a restored one, for the moment
+/// between its creation and the restore's status write, a score below its own).
 fn default_status_unobserved(schema: &mut JSONSchemaProps) {
     if let Some(status) = property(schema, "status") {
+        for field in status.properties.iter_mut().flat_map(|p| p.values_mut()) {
+            without_defaults(field);
+        }
         status.default = Some(JSON(json!({ "observedGeneration": 0 })));
+    }
+}
+
+/// `schema` and everything in it, without defaults.
+fn without_defaults(schema: &mut JSONSchemaProps) {
+    schema.default = None;
+    for field in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        without_defaults(field);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        without_defaults(items);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The paths of `schema` (at `path`) that have a default.
+    fn defaulted(schema: &JSONSchemaProps, path: &str, found: &mut Vec<String>) {
+        if schema.default.is_some() {
+            found.push(path.to_owned());
+        }
+        for (name, field) in schema.properties.iter().flatten() {
+            defaulted(field, &format!("{path}.{name}"), found);
+        }
+    }
 
     #[test]
     fn customer_spec_is_optional_and_statuses_start_unobserved() {
@@ -100,6 +127,13 @@ mod tests {
             assert_eq!(
                 status.default,
                 Some(JSON(json!({ "observedGeneration": 0 })))
+            );
+            let mut defaults = Vec::new();
+            defaulted(status, "status", &mut defaults);
+            assert_eq!(
+                defaults,
+                ["status"],
+                "a new status shows no score nobody computed"
             );
         }
     }

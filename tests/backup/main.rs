@@ -3,15 +3,18 @@
 //!
 //! - `kubectl`: saved with `kubectl get -o json`, the namespace lost, put back with
 //!   `reserve-operator restore` as the restore identity.
-//! - `etcd`: etcd restored from a snapshot while the operator runs.
+//! - `etcd`: etcd restored from a snapshot, or its data directory from a cold copy, while the
+//!   operator runs.
 //! - `gitops`: customers and orders kept in Git, applied again to a lost namespace.
+//! - `objects`: restored object by object as Velero does, by a small client of its own.
 //!
-//! Velero, the fourth way, has a target of its own (`make test-velero`).
+//! Velero itself, the fourth way, has a target of its own (`make test-velero`).
 
 mod etcd;
 mod gitops;
 mod history;
 mod kubectl;
+mod objects;
 mod velero;
 
 use tokio::sync::RwLock;
