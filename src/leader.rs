@@ -130,6 +130,9 @@ pub struct Election {
     pub client: Client,
     pub namespace: String,
     pub identity: String,
+    /// Changes when the store has moved to another timeline (an etcd restore): the Lease's
+    /// watch, which may be resuming from a version the store no longer reaches, starts again.
+    pub store_moved: watch::Receiver<u64>,
 }
 
 /// Runs `lead(stop)` in every term this replica holds the Lease, until `shutdown` resolves.
@@ -152,6 +155,7 @@ pub async fn run_while_leading<S, L, F>(
         election.identity.clone(),
         fence.clone(),
         released_tx,
+        election.store_moved.clone(),
     ));
     loop {
         let manager = match build(&election).await {
@@ -246,33 +250,56 @@ async fn build(election: &Election) -> Result<LeaseManager, kube_lease_manager::
 
 /// Follows the Lease: opens the fence at each renewal by `identity`, closes it when someone
 /// else holds the Lease, and signals `released` when nobody does (a standby then takes it at
-/// once instead of waiting for it to expire).
+/// once instead of waiting for it to expire). Starts again from a list when the store moved to
+/// another timeline: a watch resumed beyond a restored store shows nothing, not even the
+/// renewals that would keep the fence open.
 async fn watch_lease(
     leases: Api<Lease>,
     identity: String,
     fence: Fence,
     released: watch::Sender<()>,
+    mut store_moved: watch::Receiver<u64>,
 ) {
     let config = watcher::Config::default().fields(&format!("metadata.name={LEASE_NAME}"));
-    let mut events = std::pin::pin!(watcher(leases, config).default_backoff().touched_objects());
-    while let Some(event) = events.next().await {
-        let lease = match event {
-            Ok(lease) => lease,
-            Err(error) => {
-                warn!(%error, "watching the Lease failed; retrying");
-                continue;
+    loop {
+        let events = watcher(leases.clone(), config.clone())
+            .default_backoff()
+            .touched_objects();
+        let mut events = std::pin::pin!(events);
+        store_moved.mark_unchanged();
+        loop {
+            let event = tokio::select! {
+                event = events.next() => match event {
+                    Some(event) => event,
+                    None => return,
+                },
+                moved = store_moved.changed() => {
+                    if moved.is_err() {
+                        // Nobody says any more: follow this watch to its end.
+                        std::future::pending::<()>().await;
+                    }
+                    warn!("the store went back in time; watching the Lease from a new list");
+                    break;
+                }
+            };
+            let lease = match event {
+                Ok(lease) => lease,
+                Err(error) => {
+                    warn!(%error, "watching the Lease failed; retrying");
+                    continue;
+                }
+            };
+            let spec = lease.spec.unwrap_or_default();
+            match (spec.holder_identity.as_deref(), spec.renew_time) {
+                (Some(holder), Some(renewed)) if holder == identity => {
+                    fence.renewed(sent_at(SystemTime::from(renewed.0)));
+                }
+                (None, _) => {
+                    fence.close();
+                    released.send_replace(());
+                }
+                _ => fence.close(),
             }
-        };
-        let spec = lease.spec.unwrap_or_default();
-        match (spec.holder_identity.as_deref(), spec.renew_time) {
-            (Some(holder), Some(renewed)) if holder == identity => {
-                fence.renewed(sent_at(SystemTime::from(renewed.0)));
-            }
-            (None, _) => {
-                fence.close();
-                released.send_replace(());
-            }
-            _ => fence.close(),
         }
     }
 }

@@ -149,6 +149,7 @@ pub async fn run(
             client,
             namespace,
             identity,
+            store_moved: ctx.freshness.store_moved(),
         };
         leader::run_while_leading(election, fence, shutdown.clone(), on_change, lead).await;
     } else {

@@ -219,15 +219,34 @@ impl Watchable for Ledger {
     fn forget_writes(_: &Context) {}
 }
 
-/// Whether a watch error says the watch's version expired (410): it must list again.
-fn expired(error: &watcher::Error) -> bool {
+/// The API server's answer to a failed watch, if it gave one.
+fn status_of(error: &watcher::Error) -> Option<&kube::core::Status> {
     match error {
-        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::WatchError(status) => Some(status),
         watcher::Error::InitialListFailed(kube::Error::Api(status))
         | watcher::Error::WatchStartFailed(kube::Error::Api(status))
-        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 410,
-        _ => false,
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => Some(status),
+        _ => None,
     }
+}
+
+/// Whether a watch error says the watch's version expired (410): it must list again.
+fn expired(error: &watcher::Error) -> bool {
+    status_of(error).is_some_and(|status| status.code == 410)
+}
+
+/// The version a failed watch resumed from, when the API server answered that its store has
+/// not reached it (504, "Too large resource version: ASKED, current: NOW"). A watch resumes
+/// from the last version it was told of, a bookmark's included, which may be far above any
+/// object it has shown: after a restore that took the store's versions back, this is how the
+/// watch says how far back they went (it never hears 410, and shows nothing).
+fn resumed_beyond_the_store(error: &watcher::Error) -> Option<u64> {
+    let status = status_of(error).filter(|status| status.code == 504)?;
+    let (_, asked) = status.message.split_once("Too large resource version: ")?;
+    let digits = asked
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(asked.len());
+    asked[..digits].parse().ok()
 }
 
 /// Feeds the events of one watch (after its reflector, if any, has applied them) into the
@@ -299,6 +318,10 @@ pub fn feed<K: Watchable>(
                 warn!(kind = ?K::KIND, %error, "watch failed; retrying");
                 ctx.readiness.watch_failed(K::KIND);
                 ctx.freshness.watch_failed(K::KIND);
+                if let Some(version) = resumed_beyond_the_store(error) {
+                    // The watch had reached this version: the probes compare the store with it.
+                    ctx.freshness.reached(K::KIND, version);
+                }
                 if expired(error) {
                     ctx.freshness.expired(K::KIND);
                     ctx.readiness.relisting(format!(

@@ -12,9 +12,12 @@
 //!
 //! Restored without the bump, the store's versions go back, and a watch that resumes at the
 //! version it had reached waits for a store that has not reached it yet: it sees nothing, and
-//! reports no error. So the operator looks: every few seconds one LIST of one item per kind
-//! returns the store's current resourceVersion, and a version lower than the newest the watch
-//! has shown means the store went back; then every watch lists again. (Kubernetes 1.35 and
+//! hears no 410 (kube-apiserver answers 504, "Too large resource version", again and again). So
+//! the operator looks: every few seconds one LIST of one item per kind returns the store's
+//! current resourceVersion, and a version lower than the newest the watch has reached means the
+//! store went back; then every watch lists again. What the watch has reached is the newest
+//! object it showed, or, once it fails so, the version it asked to resume from: a bookmark or
+//! a list may have taken it far beyond any object of its kind. (Kubernetes 1.35 and
 //! later make resourceVersions of one resource comparable, KEP-5504; where a version is not a
 //! number, nothing is compared.)
 
@@ -37,8 +40,18 @@ pub const PERIOD: Duration = Duration::from_secs(5);
 pub struct Freshness {
     /// Per watched kind: the newest resourceVersion its watch has shown (0: none yet).
     seen: [AtomicU64; 3],
+    /// Per watched kind: the newest current version a probe of the store has read. Each probe
+    /// is a consistent read sent after the one before was answered, so the store's answers can
+    /// only grow; one below an earlier one is a store that went back, even when no watch has
+    /// shown anything newer (a watch resumes from a bookmark's version, above every object).
+    probed: [AtomicU64; 3],
     /// Per watched kind: tells its watch to list everything again.
     relist: [Notify; 3],
+    /// Tells the probe a watch has listed: its version then is the one to hold the store to.
+    probe: Notify,
+    /// Counts the times the store was found to have moved to another timeline, for the watches
+    /// outside the index (the Lease's), which must start again too.
+    moved: tokio::sync::watch::Sender<u64>,
     lists: Mutex<Lists>,
 }
 
@@ -61,6 +74,12 @@ impl Freshness {
         }
     }
 
+    /// The watch of `kind` had reached `version`, though it showed no object at it (a bookmark,
+    /// or the end of a list, told it).
+    pub fn reached(&self, kind: Watched, version: u64) {
+        self.seen[kind as usize].fetch_max(version, Ordering::Relaxed);
+    }
+
     /// The newest version the watch of `kind` has shown: what a probe of the store's current
     /// version, sent now, must not answer below.
     pub fn seen(&self, kind: Watched) -> u64 {
@@ -68,19 +87,22 @@ impl Freshness {
     }
 
     /// The store's current version for `kind` is `current`, as read by a request sent when the
-    /// watch had shown `seen_before` ([`seen`](Self::seen)): if that is newer, the store went
-    /// back; returns it and has every watch list again. Only what was seen before the request
-    /// counts: under load the answer can arrive after watch events newer than it (the store
-    /// moved on meanwhile, it did not go back).
+    /// watch had shown `seen_before` ([`seen`](Self::seen)): if that is newer, or an earlier probe
+    /// read a newer one, the store went back; returns the version it went back from and has
+    /// every watch list again. Only what was seen before the request counts: under load the
+    /// answer can arrive after watch events newer than it (the store moved on meanwhile, it did
+    /// not go back).
     pub fn check(&self, kind: Watched, current: &str, seen_before: u64) -> Option<u64> {
         let current = current.parse::<u64>().ok()?;
         // A list started meanwhile counts from what it shows.
         let seen = seen_before.min(self.seen(kind));
-        if current >= seen {
+        let probed = self.probed[kind as usize].fetch_max(current, Ordering::Relaxed);
+        let reached = seen.max(probed);
+        if current >= reached {
             return None;
         }
         self.relist_all(None);
-        Some(seen)
+        Some(reached)
     }
 
     /// The watch of `kind` starts a list. A list nobody asked for (after a watch's version
@@ -128,12 +150,26 @@ impl Freshness {
             .collect()
     }
 
-    /// The watch of `kind` has listed everything.
+    /// The watch of `kind` has listed everything (and resumes from the list's version, above
+    /// every object it showed): the store is probed at once, so a restore that takes it below
+    /// that version is noticed however soon it comes.
     pub fn listed(&self, kind: Watched) {
         let mut lists = self.lists();
         lists.listed[kind as usize] = true;
         lists.pending[kind as usize] = false;
         lists.unverified[kind as usize] = false;
+        self.probe.notify_one();
+    }
+
+    /// Changes whenever the store is found to have moved to another timeline: every watch of
+    /// it, the index's and any other, must start again from a list.
+    pub fn store_moved(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.moved.subscribe()
+    }
+
+    /// Resolves when a watch has listed since the last probe.
+    pub async fn probe_due(&self) {
+        self.probe.notified().await;
     }
 
     /// Whether every watch has listed since the last time one had to list again, and none has
@@ -167,10 +203,13 @@ impl Freshness {
         for kind in Watched::ALL {
             lists.pending[kind as usize] = true;
             self.seen[kind as usize].store(0, Ordering::Relaxed);
+            self.probed[kind as usize].store(0, Ordering::Relaxed);
             if Some(kind) != listing {
                 self.relist[kind as usize].notify_one();
             }
         }
+        drop(lists);
+        self.moved.send_modify(|times| *times += 1);
     }
 
     fn lists(&self) -> std::sync::MutexGuard<'_, Lists> {
@@ -208,12 +247,6 @@ mod tests {
         freshness.saw(Watched::Orders, "3999");
         let seen = freshness.seen(Watched::Orders);
         assert_eq!(freshness.check(Watched::Orders, "4057", seen), None);
-        assert_eq!(
-            freshness.check(Watched::Orders, "5000", seen),
-            None,
-            "moved on"
-        );
-        assert_eq!(asked_to_relist(&freshness), []);
         // Sent at 4057, answered at 4100 after the watch showed 4200: the store moved on.
         let before = freshness.seen(Watched::Orders);
         freshness.saw(Watched::Orders, "4200");
@@ -224,7 +257,12 @@ mod tests {
             "an answer overtaken is no going back"
         );
         let seen = freshness.seen(Watched::Orders);
-        assert_eq!(freshness.check(Watched::Orders, "1943", seen), Some(4200));
+        assert_eq!(
+            freshness.check(Watched::Orders, "5000", seen),
+            None,
+            "moved on"
+        );
+        assert_eq!(freshness.check(Watched::Orders, "1943", seen), Some(5000));
         assert_eq!(asked_to_relist(&freshness), Watched::ALL);
         assert!(!freshness.consistent());
         // Forgotten: what the new lists show counts from here.
@@ -243,6 +281,22 @@ mod tests {
         // Versions that are not numbers are not compared.
         freshness.saw(Watched::Ledgers, "abc");
         assert_eq!(freshness.check(Watched::Ledgers, "xyz", 0), None);
+    }
+
+    #[test]
+    fn a_store_behind_an_earlier_probe_went_back_though_no_watch_showed_anything_newer() {
+        let freshness = listed_once();
+        // The watch showed objects up to 1850, and then resumed from a bookmark at 3861.
+        freshness.saw(Watched::Orders, "1850");
+        let seen = freshness.seen(Watched::Orders);
+        assert_eq!(freshness.check(Watched::Orders, "3861", seen), None);
+        assert_eq!(freshness.check(Watched::Orders, "3870", seen), None);
+        // Put back to 1907, and changed since: still below what the store said before.
+        assert_eq!(freshness.check(Watched::Orders, "1950", seen), Some(3870));
+        assert_eq!(asked_to_relist(&freshness), Watched::ALL);
+        assert!(!freshness.consistent());
+        // What the probes read before the restore no longer counts.
+        assert_eq!(freshness.check(Watched::Orders, "1951", 0), None);
     }
 
     #[test]

@@ -150,20 +150,14 @@ async fn run_watch<K: feed::Watchable>(
     }
 }
 
-/// Every [`freshness::PERIOD`] (every second while a watch has failed and not resumed):
-/// compares each kind's current resourceVersion in the store (a LIST of one item) with the
-/// newest its watch has shown, and, for a watch that failed, whether the store still holds that
+/// At once, then every [`freshness::PERIOD`] (every second while a watch has failed and not
+/// resumed) and whenever a watch has listed: compares each kind's current resourceVersion in
+/// the store (a LIST of one item) with the newest its watch has shown and the newest an
+/// earlier probe read, and, for a watch that failed, whether the store still holds that
 /// version.
 async fn check_freshness(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
     let namespace = namespace.as_deref();
     loop {
-        let unsure = !ctx.freshness.consistent();
-        tokio::time::sleep(if unsure {
-            Duration::from_secs(1)
-        } else {
-            freshness::PERIOD
-        })
-        .await;
         for (kind, seen) in ctx.freshness.unverified() {
             let held = match kind {
                 Watched::Customers => holds(&api::<Customer>(&client, namespace), seen).await,
@@ -198,9 +192,18 @@ async fn check_freshness(client: Client, namespace: Option<String>, ctx: Arc<Con
             };
             let Some(version) = version else { continue };
             if let Some(seen) = ctx.freshness.check(kind, &version, seen_before) {
-                warn!(?kind, %version, seen, "the store's version is below what the watch had shown");
+                warn!(?kind, %version, seen, "the store's version is below what it was before");
                 ctx.readiness.went_back(kind, &version, seen);
             }
+        }
+        let period = if ctx.freshness.consistent() {
+            freshness::PERIOD
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = ctx.freshness.probe_due() => {}
         }
     }
 }

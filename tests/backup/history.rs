@@ -279,7 +279,9 @@ impl Lowest {
         let record = seen.clone();
         let task = tokio::spawn(async move {
             let mut events = std::pin::pin!(events);
-            while let Some(Ok(customer)) = events.next().await {
+            while let Some(event) = events.next().await {
+                // A failed watch backs off and goes on: keep recording.
+                let Ok(customer) = event else { continue };
                 let Some(status) = customer.status.as_ref().filter(|s| s.level.is_some()) else {
                     continue;
                 };

@@ -10,6 +10,7 @@ use super::super::{
     fixtures::{self, written_order},
     index::OrderKey,
     queue::{Lane, Wake},
+    readiness::Watched,
     triggers::Sweeps,
     watches,
 };
@@ -182,4 +183,56 @@ async fn a_deleted_object_is_forgotten_whole() {
         first.as_millis() < 320 && again.as_millis() < 320,
         "{first:?}, then {again:?}: the deleted customer's failures were kept"
     );
+}
+
+/// The answer kube-apiserver gives a watch that resumes beyond its store's version.
+fn too_large(asked: u64, current: u64) -> kube::core::Status {
+    serde_json::from_value(serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 504,
+        "reason": "Timeout",
+        "message": format!("Timeout: Too large resource version: {asked}, current: {current}"),
+        "details": { "causes": [{ "reason": "ResourceVersionTooLarge",
+                                  "message": "Too large resource version" }],
+                     "retryAfterSeconds": 1 },
+    }))
+    .expect("a Status")
+}
+
+#[tokio::test]
+async fn a_watch_resumed_beyond_the_store_tells_how_far_the_store_went_back() {
+    let (ctx, mut feed, _server) = setup();
+    feed(&Ok(watcher::Event::Apply(order(
+        "a",
+        OrderState::Requested,
+        "1850",
+    ))));
+    assert_eq!(ctx.freshness.seen(Watched::Orders), 1850);
+    // The watch resumes from 3861 (a bookmark told it), which the store no longer reaches:
+    // in a stream, or when it starts.
+    feed(&Err(watcher::Error::WatchError(Box::new(too_large(
+        3861, 1907,
+    )))));
+    assert_eq!(ctx.freshness.seen(Watched::Orders), 3861);
+    feed(&Err(watcher::Error::WatchStartFailed(kube::Error::Api(
+        Box::new(too_large(3900, 1907)),
+    ))));
+    assert_eq!(ctx.freshness.seen(Watched::Orders), 3900);
+    // The store, now at 1950, is behind what the watch reached: every watch lists again.
+    let seen = ctx.freshness.seen(Watched::Orders);
+    assert_eq!(
+        ctx.freshness.check(Watched::Orders, "1950", seen),
+        Some(3900)
+    );
+    assert!(!ctx.freshness.consistent());
+    // Any other failure says nothing of the store's versions.
+    let (ctx, mut feed, _server) = setup();
+    feed(&Ok(watcher::Event::Apply(order(
+        "a",
+        OrderState::Requested,
+        "1850",
+    ))));
+    let mut gone = too_large(3861, 1907);
+    gone.code = 503;
+    feed(&Err(watcher::Error::WatchError(Box::new(gone))));
+    assert_eq!(ctx.freshness.seen(Watched::Orders), 1850);
 }

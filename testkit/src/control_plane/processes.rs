@@ -68,15 +68,8 @@ impl ControlPlane {
         let local = self.local("restore_etcd()");
         Self::stop_slot(&local.apiserver);
         Self::stop_slot(&local.etcd);
-        let flag = |name: &str| {
-            local
-                .etcd_args
-                .iter()
-                .find_map(|a| a.strip_prefix(&format!("--{name}=")))
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let data = PathBuf::from(flag("data-dir"));
+        let flag = |name: &str| self.etcd_flag(name);
+        let data = self.etcd_data_dir();
         let restored = data.with_extension("restored");
         let _ = std::fs::remove_dir_all(&restored);
         let mut restore = Command::new(self.bin.join("etcdutl"));
@@ -102,6 +95,44 @@ impl ControlPlane {
         std::fs::rename(&restored, &data).map_err(|e| format!("{}: {e}", data.display()))?;
         self.start_etcd()?;
         self.start_apiserver()
+    }
+
+    /// Copies etcd's data directory to `to`, as an administrator backs it up without
+    /// `etcdctl`: etcd stopped (the API server keeps running and fails what needs storage
+    /// meanwhile), the directory copied cold, etcd started again.
+    pub fn copy_etcd_data(&self, to: &Path) -> Result<(), String> {
+        let local = self.local("copy_etcd_data()");
+        Self::stop_slot(&local.etcd);
+        let copied = copy_dir(&self.etcd_data_dir(), to);
+        self.start_etcd()?;
+        copied
+    }
+
+    /// Puts back a cold copy of etcd's data directory ([`copy_etcd_data`](Self::copy_etcd_data)):
+    /// the API server and etcd stop, the data directory becomes the copy, then etcd and the API
+    /// server start again. The store's versions go back to the copy's: nothing is bumped.
+    pub fn restore_etcd_data(&self, from: &Path) -> Result<(), String> {
+        let local = self.local("restore_etcd_data()");
+        Self::stop_slot(&local.apiserver);
+        Self::stop_slot(&local.etcd);
+        let data = self.etcd_data_dir();
+        std::fs::remove_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+        copy_dir(from, &data)?;
+        self.start_etcd()?;
+        self.start_apiserver()
+    }
+
+    fn etcd_data_dir(&self) -> PathBuf {
+        PathBuf::from(self.etcd_flag("data-dir"))
+    }
+
+    fn etcd_flag(&self, name: &str) -> String {
+        self.local("etcd_flag()")
+            .etcd_args
+            .iter()
+            .find_map(|a| a.strip_prefix(&format!("--{name}=")))
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// Stops both servers; a detached control plane's directory is removed.
@@ -175,4 +206,19 @@ impl ControlPlane {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// `cp -a from to`: a directory copied with its modes (etcd refuses a data directory others may
+/// read).
+fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .map_err(|e| format!("cp: {e}"))?;
+    out.status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("cp -a {} {}: {}", from.display(), to.display(), text(&out)))
 }
