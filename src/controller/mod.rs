@@ -3,12 +3,12 @@
 //! One watch per kind feeds the shared [`Index`] on every replica, leader or not, so a standby
 //! that takes over has everything at hand and needs no re-list. Ledgers are also kept whole in a
 //! reflector cache; Customers and Orders are not: the index keeps what their reconcilers read
-//! ([`seen`]), a quarter of the memory or less. Only the Lease holder reconciles: each term starts one
-//! queue per kind ([`queue`]), reconciles every object once, then whatever the watches wake
-//! ([`feed`]). A queue runs at most one reconcile per object at a time and folds the wakes that
-//! arrive meanwhile into one more, so a busy object is written as fast as the API server
-//! accepts, never held back by a debounce; every kind's reconcile has one shape and one
-//! mapping of its failures to retries ([`term`]).
+//! ([`seen`]), a quarter of the memory or less. Only the Lease holder reconciles: each term
+//! starts one queue per kind ([`queue`]) on one set of reconcile slots ([`slots`]), reconciles
+//! every object once, then whatever the watches wake ([`feed`]). A queue runs at most one
+//! reconcile per object at a time and folds the wakes that arrive meanwhile into one more, so a
+//! busy object is written as fast as the API server accepts, never held back by a debounce;
+//! every kind's reconcile has one shape and one mapping of its failures to retries ([`term`]).
 //!
 //! Where each job lives: [`watches`] (the watches, the caches, the freshness probe), [`feed`]
 //! (watch events into the index and wakes), [`triggers`] (wakes into the term's queues),
@@ -38,6 +38,7 @@ mod readiness;
 pub mod restore;
 pub mod seen;
 pub mod settlement;
+mod slots;
 pub mod status;
 mod term;
 #[cfg(test)]
@@ -52,6 +53,6 @@ pub use feed::Wakes;
 pub use index::{Index, OrderKey};
 pub use readiness::{Readiness, ReadyCollector};
 pub use status::FIELD_MANAGER;
-pub use term::{CUSTOMER_CONCURRENCY, ORDER_CONCURRENCY, RESYNC, lead};
+pub use term::{CUSTOMER_SHARE, ORDER_SHARE, RESYNC, lead};
 pub use triggers::Triggers;
 pub use watches::{CacheWriters, Caches, Watches, caches, watch};

@@ -4,7 +4,8 @@
 //!
 //! - A key woken several times while it waits runs once.
 //! - At most one reconcile runs per key; a wake that arrives meanwhile runs it once more after.
-//! - At most `concurrency` reconciles run at once.
+//! - A reconcile starts only with a slot of the term's [`Slots`](super::slots::Slots), shared by
+//!   every kind's queue: a kind fills its share, and borrows what the others leave idle.
 //! - Changes go first: a key woken because it changed runs before every key that waits only
 //!   for a sweep (a term's first look at everything, a resync, a re-list), each lane in the
 //!   order its keys were woken. A sweep of thousands of objects after a hand-over must not hold
@@ -29,6 +30,8 @@ use futures::{StreamExt, stream::FuturesUnordered};
 use tokio::sync::mpsc::{UnboundedReceiver, error::TryRecvError};
 use tokio_util::time::DelayQueue;
 
+use super::slots::Share;
+
 /// How many keys a queue draws from a sweep at a time.
 pub const SWEEP_BATCH: usize = 256;
 
@@ -52,12 +55,12 @@ pub enum Lane {
     Sweep,
 }
 
-/// Runs `reconcile` for the keys that arrive on `wakes`, until `wakes` closes or `stop`
-/// resolves. `reconcile` returns when to run the key again, if it must.
+/// Runs `reconcile` for the keys that arrive on `wakes`, each in a slot of `slots`, until
+/// `wakes` closes or `stop` resolves. `reconcile` returns when to run the key again, if it must.
 pub async fn run<T, F, Fut>(
     mut wakes: UnboundedReceiver<Wake<T>>,
     stop: impl Future<Output = ()>,
-    concurrency: usize,
+    mut slots: Share,
     reconcile: F,
 ) where
     T: Clone + Eq + Hash,
@@ -80,12 +83,18 @@ pub async fn run<T, F, Fut>(
             }
         }
         while !stopping
-            && in_flight.len() < concurrency.max(1)
+            && queue.waits()
+            && let Some(slot) = slots.try_take()
             && let Some(key) = queue.start()
         {
             let run = reconcile(key.clone());
-            in_flight.push(async move { (key, run.await) });
+            in_flight.push(async move {
+                let again = run.await;
+                drop(slot);
+                (key, again)
+            });
         }
+        slots.waiting(!stopping && queue.waits());
         if stopping && in_flight.is_empty() {
             return;
         }
@@ -104,6 +113,7 @@ pub async fn run<T, F, Fut>(
                 }
             }
             () = &mut stop, if !stopping => stopping = true,
+            () = slots.changed(), if !stopping && queue.waits() => {}
         }
     }
 }
@@ -142,6 +152,11 @@ impl<T: Clone + Eq + Hash> Queue<T> {
             Wake::Changed(key) => self.wake(key, Lane::Change),
             Wake::Sweep(sweep) => self.sweep = Some(sweep),
         }
+    }
+
+    /// Whether a key waits to start (or a sweep to be drawn).
+    fn waits(&self) -> bool {
+        !self.waiting.is_empty() || self.sweep.is_some()
     }
 
     fn wake(&mut self, key: T, lane: Lane) {
@@ -234,6 +249,12 @@ mod tests {
     use tokio::sync::{mpsc::unbounded_channel, oneshot};
 
     use super::*;
+    use crate::controller::slots::Slots;
+
+    /// The slots of a queue alone.
+    fn slots(concurrency: usize) -> Share {
+        Slots::new(&[concurrency]).share(0)
+    }
 
     /// What the reconciles saw: each start and end, in order.
     #[derive(Clone, Default)]
@@ -262,7 +283,7 @@ mod tests {
         let log = Log::default();
         let runner = {
             let log = log.clone();
-            tokio::spawn(run(wakes, std::future::pending(), 1, move |key| {
+            tokio::spawn(run(wakes, std::future::pending(), slots(1), move |key| {
                 takes_a_second(log.clone(), key)
             }))
         };
@@ -300,7 +321,7 @@ mod tests {
             tokio::spawn(run(
                 woken,
                 std::future::pending(),
-                concurrency,
+                slots(concurrency),
                 move |key: u32| {
                     let (runs, total) = (runs.clone(), total.clone());
                     async move {
@@ -359,13 +380,63 @@ mod tests {
         assert_eq!(per_key.len(), 10, "every key ran");
     }
 
+    /// Two queues on one set of slots (3 for customers, 1 for orders), with reconciles of
+    /// 100 ms that count how many of each kind run.
+    #[tokio::test(start_paused = true)]
+    async fn queues_lend_idle_slots_and_get_them_back_first() {
+        let slots = Slots::new(&[3, 1]);
+        let running: Arc<Mutex<[usize; 2]>> = Arc::default();
+        let queue = |kind: usize| {
+            let (wake, wakes) = unbounded_channel::<Wake<u32>>();
+            let running = running.clone();
+            let runner = tokio::spawn(run(
+                wakes,
+                std::future::pending(),
+                slots.share(kind),
+                move |_| {
+                    let running = running.clone();
+                    async move {
+                        running.lock().unwrap()[kind] += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        running.lock().unwrap()[kind] -= 1;
+                        None
+                    }
+                },
+            ));
+            (wake, runner)
+        };
+        let (customers, customer_queue) = queue(0);
+        let (orders, order_queue) = queue(1);
+        for key in 0..100 {
+            orders.send(Wake::Changed(key)).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            *running.lock().unwrap(),
+            [0, 4],
+            "no customer waits: orders borrow"
+        );
+        for key in 0..30 {
+            customers.send(Wake::Changed(key)).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            *running.lock().unwrap(),
+            [3, 1],
+            "the borrowed slots went back to the customers as the orders ended"
+        );
+        drop((customers, orders));
+        customer_queue.await.unwrap();
+        order_queue.await.unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_change_runs_before_a_sweeps_backlog() {
         let (wake, wakes) = unbounded_channel();
         let log = Log::default();
         let runner = {
             let log = log.clone();
-            tokio::spawn(run(wakes, std::future::pending(), 1, move |key| {
+            tokio::spawn(run(wakes, std::future::pending(), slots(1), move |key| {
                 takes_a_second(log.clone(), key)
             }))
         };
@@ -451,7 +522,7 @@ mod tests {
             tokio::spawn(run(
                 wakes,
                 stopped.map(drop),
-                4,
+                slots(4),
                 move |key: &'static str| {
                     let log = log.clone();
                     let at = started.elapsed().as_secs();
@@ -477,7 +548,7 @@ mod tests {
         let (stop, stopped) = oneshot::channel::<()>();
         let runner = {
             let log = log.clone();
-            tokio::spawn(run(wakes, stopped.map(drop), 1, move |key| {
+            tokio::spawn(run(wakes, stopped.map(drop), slots(1), move |key| {
                 takes_a_second(log.clone(), key)
             }))
         };

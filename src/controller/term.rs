@@ -18,6 +18,7 @@ use super::{
     error::Outcome,
     index::CustomerKey,
     order, queue, settlement,
+    slots::Slots,
     triggers::Sweeps,
     watches::{self, Caches},
 };
@@ -27,16 +28,17 @@ use super::{
 /// with a scheduled entry for every object.
 pub const RESYNC: Duration = Duration::from_secs(600);
 
-/// Customer reconciles at once. A customer's status is what users read, and past the API
-/// server's limit each reconcile waits longer for its write's answer, so customers need the
-/// slots to keep up.
-pub const CUSTOMER_CONCURRENCY: usize = 32;
+/// The customers' share of a term's reconcile slots ([`slots`]): a customer's status is what
+/// users read, and past the API server's limit each reconcile waits longer for its write's
+/// answer, so customers need the slots to keep up.
+pub const CUSTOMER_SHARE: usize = 32;
 
-/// Order reconciles at once: a quarter of the customers'. Receipts yield to customers, and
-/// past the API server's limit every request in flight there slows the watches that tell the
-/// operator (and users) what changed: with 64 receipts in flight, a watch showed a user's
-/// write seconds late and customers followed (docs/architecture.md, "Requests in flight").
-pub const ORDER_CONCURRENCY: usize = 8;
+/// The orders' share: a quarter of the customers'. Past the API server's limit every request in
+/// flight there slows the watches that tell the operator (and users) what changed (with 64
+/// receipts in flight, a watch showed a user's write seconds late and customers followed:
+/// docs/architecture.md, "Requests in flight"), so receipts yield to customers. The shares are
+/// a priority, not a ceiling: a kind with nothing waiting lends its slots to the other.
+pub const ORDER_SHARE: usize = 8;
 
 /// Runs one reconcile of `key` (in a span naming it) and turns its outcome into when to run it
 /// again: a success clears the key's backoff; a failure is reported and retried after what its
@@ -111,20 +113,16 @@ pub async fn lead(
     });
     info!("reconciling");
 
-    let customers = queue::run(
-        queues.customers,
-        stop.clone(),
-        CUSTOMER_CONCURRENCY,
-        |object| {
-            let ctx = ctx.clone();
-            async move {
-                let key = CustomerKey::of_ref(&object);
-                let kind = &ctx.customers;
-                settle(&ctx, kind, &object, customer::reconcile(&key, &ctx)).await
-            }
-        },
-    );
-    let orders = queue::run(queues.orders, stop, ORDER_CONCURRENCY, |key| {
+    let slots = Slots::new(&[CUSTOMER_SHARE, ORDER_SHARE]);
+    let customers = queue::run(queues.customers, stop.clone(), slots.share(0), |object| {
+        let ctx = ctx.clone();
+        async move {
+            let key = CustomerKey::of_ref(&object);
+            let kind = &ctx.customers;
+            settle(&ctx, kind, &object, customer::reconcile(&key, &ctx)).await
+        }
+    });
+    let orders = queue::run(queues.orders, stop, slots.share(1), |key| {
         let ctx = ctx.clone();
         async move {
             let object = key.object_ref();

@@ -1,8 +1,9 @@
 //! A hand-over: a new leader with a warm index and a backlog of receipts nobody wrote while no
 //! replica led. It writes each stale receipt once, nothing that is up to date, and a change
-//! made meanwhile goes before the rest of the backlog.
+//! made meanwhile goes before the rest of the backlog. With no customer to write, receipts use
+//! every slot of the term; customers that change get their slots back first.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use futures::FutureExt;
 use http::Method;
@@ -11,9 +12,9 @@ use kube::runtime::watcher;
 use tokio::sync::oneshot;
 
 use super::super::{
-    ORDER_CONCURRENCY, caches, feed,
+    CUSTOMER_SHARE, Context, ORDER_SHARE, caches, customer, feed,
     fixtures::{self, Exchange, written_customer, written_order},
-    index::OrderKey,
+    index::{CustomerKey, OrderKey},
     lead, order,
     triggers::Sweeps,
 };
@@ -101,9 +102,10 @@ async fn a_new_leader_writes_each_stale_receipt_once_and_a_change_first() {
     let (stop, stopped) = oneshot::channel::<()>();
     let term = tokio::spawn(lead(ctx.clone(), caches, None, stopped.map(drop)));
     let mut version = 1_000;
-    // The term's sweep fills every slot with a stale receipt's write; they stay unanswered.
+    // The term's sweep fills every slot with a stale receipt's write, the customers' idle ones
+    // too; they stay unanswered.
     let mut held = Vec::new();
-    while held.len() < ORDER_CONCURRENCY {
+    while held.len() < CUSTOMER_SHARE + ORDER_SHARE {
         held.push(next_order_write(&mut server, &mut version).await);
     }
     // Meanwhile a customer refunds an order whose receipt was up to date.
@@ -182,4 +184,120 @@ async fn a_new_leader_writes_each_stale_receipt_once_and_a_change_first() {
         .collect();
     expected.insert("ord-107".into(), vec!["5000".into()]);
     assert_eq!(writes, expected);
+}
+
+fn customer(name: &str, version: u64) -> Customer {
+    let mut customer = Customer::new(name, CustomerSpec::default());
+    customer.metadata.namespace = Some(NS.into());
+    customer.metadata.uid = Some(format!("{name}-1"));
+    customer.metadata.generation = Some(1);
+    customer.metadata.resource_version = Some(version.to_string());
+    customer
+}
+
+/// `customer` as the index holds it with the status the operator would write now.
+fn up_to_date(ctx: &Context, mut customer: Customer) -> Customer {
+    let key = CustomerKey::of_customer(&customer);
+    let mut index = ctx.index_mut();
+    index.apply_customer(&customer);
+    let status =
+        customer::desired_status(&key, Some(1), None, &index, &ctx.policy, Timestamp::now());
+    customer.status = Some(status);
+    index.apply_customer(&customer);
+    customer
+}
+
+/// The next request, within a second (the reconciles send theirs at once).
+async fn next(server: &mut fixtures::ApiServer) -> Exchange {
+    tokio::time::timeout(Duration::from_secs(1), server.next())
+        .await
+        .expect("a request within a second")
+}
+
+#[tokio::test]
+async fn receipts_borrow_the_idle_customer_slots_and_give_them_back_first() {
+    let (client, mut server) = fixtures::mock_client();
+    let ctx = fixtures::context(client);
+    let (caches, _writers) = caches();
+    // 100 receipts nobody wrote, and 40 customers whose statuses are up to date.
+    {
+        let mut index = ctx.index_mut();
+        for i in 0..100 {
+            index.apply_order(&order(i, OrderState::Requested, 10 + i as u64));
+        }
+    }
+    let customers: Vec<Customer> = std::iter::once("alice".to_owned())
+        .chain((1..40).map(|i| format!("c{i:02}")))
+        .map(|name| up_to_date(&ctx, customer(&name, 1)))
+        .collect();
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let term = tokio::spawn(lead(ctx.clone(), caches, None, stopped.map(drop)));
+    let mut version = 1_000;
+    // No customer waits: the receipts take every slot.
+    let mut orders = Vec::new();
+    while orders.len() < CUSTOMER_SHARE + ORDER_SHARE {
+        let exchange = next(&mut server).await;
+        assert!(
+            order_write(&exchange),
+            "{} {}",
+            exchange.method,
+            exchange.path
+        );
+        orders.push(exchange);
+    }
+    // Someone else writes every customer's status: each must be repaired.
+    let mut feed_customers = feed::feed::<Customer>(ctx.clone(), |_| Sweeps::default());
+    for (i, customer) in customers.iter().enumerate() {
+        let mut forged = customer.clone();
+        forged.metadata.resource_version = Some((2_000 + i).to_string());
+        forged.status.as_mut().unwrap().score = 99;
+        feed_customers(&Ok(watcher::Event::Apply(forged)));
+    }
+    // Each receipt that ends gives its slot to a customer, until the customers have their share.
+    let mut repairs = Vec::new();
+    while repairs.len() < CUSTOMER_SHARE {
+        version += 1;
+        let receipt = orders.pop().unwrap();
+        let answer = written_order(&receipt, version);
+        receipt.ok(answer);
+        let exchange = next(&mut server).await;
+        assert!(
+            !order_write(&exchange),
+            "a receipt took a slot while {} customers waited for theirs: {}",
+            CUSTOMER_SHARE - repairs.len(),
+            exchange.path
+        );
+        assert_eq!(exchange.body["status"]["score"], 0, "{}", exchange.path);
+        repairs.push(exchange);
+    }
+    assert_eq!(orders.len(), ORDER_SHARE);
+    // Receipts keep their own share, whatever waits.
+    version += 1;
+    let receipt = orders.pop().unwrap();
+    let answer = written_order(&receipt, version);
+    receipt.ok(answer);
+    let exchange = next(&mut server).await;
+    assert!(order_write(&exchange), "{}", exchange.path);
+    orders.push(exchange);
+
+    // The term ends; everything is answered until it has.
+    stop.send(()).unwrap();
+    let mut waiting = orders.into_iter().chain(repairs).collect::<Vec<_>>();
+    let mut term = std::pin::pin!(term);
+    loop {
+        for exchange in waiting.drain(..) {
+            version += 1;
+            let answer = if order_write(&exchange) {
+                written_order(&exchange, version)
+            } else {
+                written_customer(&exchange, version)
+            };
+            exchange.ok(answer);
+        }
+        tokio::select! {
+            ended = &mut term => break ended.unwrap(),
+            exchange = server.next() => waiting.push(exchange),
+        }
+    }
 }
