@@ -6,7 +6,7 @@
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use reserve_operator::crd::{Order, OrderSpec, OrderState};
-use reserve_testkit::{ControlPlane, control_plane::text, shop::fresh_namespace};
+use reserve_testkit::{ControlPlane, FAIL_AFTER, control_plane::text, shop::fresh_namespace};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -98,7 +98,7 @@ fn stored(cp: &ControlPlane, ns: &str, kind: &str, name: &str) -> String {
 
 /// Retries a kubectl call (e.g. while the OpenAPI of new CRDs is being published).
 fn kubectl_until(cp: &ControlPlane, args: &[&str], ok: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + FAIL_AFTER;
     loop {
         let out = cp.kubectl(args);
         let t = text(&out);

@@ -17,8 +17,8 @@ use kube::{
 };
 use reserve_operator::leader::{LEASE_NAME, LEASE_SECONDS};
 use reserve_testkit::{
-    ControlPlane, Launch, OperatorProcess, Shop, eventually, operator_bin, proxy::HoldingProxy,
-    shop::grant_lease,
+    ControlPlane, FAIL_AFTER, Launch, OperatorProcess, Shop, eventually, operator_bin,
+    proxy::HoldingProxy, shop::grant_lease,
 };
 
 /// One version of the Lease as a watch showed it: holder and renewTime.
@@ -47,7 +47,7 @@ async fn a_renewal_held_in_the_network_and_delivered_late_is_refused() {
     // "a" (behind the proxy) leads first; "b" stands by.
     let first = replica(&cp.kubeconfig_via(&a, &proxy.server()), "a");
     let a_probe = first.probe().clone();
-    eventually(Duration::from_secs(40), "a to lead", || async {
+    eventually(FAIL_AFTER, "a to lead", || async {
         (a_probe.is_leader().await == Some(true)).then_some(())
     })
     .await;
@@ -61,7 +61,9 @@ async fn a_renewal_held_in_the_network_and_delivered_late_is_refused() {
         let config = watcher::Config::default().fields(&format!("metadata.name={LEASE_NAME}"));
         tokio::spawn(async move {
             let mut events = std::pin::pin!(watcher(leases, config).applied_objects());
-            while let Some(Ok(lease)) = events.next().await {
+            while let Some(event) = events.next().await {
+                // A failed watch backs off and goes on: keep recording.
+                let Ok(lease) = event else { continue };
                 let spec = lease.spec.unwrap_or_default();
                 let renewed = spec.renew_time.map(|t| SystemTime::from(t.0));
                 versions
@@ -76,7 +78,7 @@ async fn a_renewal_held_in_the_network_and_delivered_late_is_refused() {
     // runs out and "b" takes over, then renews once itself.
     proxy.hold();
     let held_at = Instant::now();
-    eventually(Duration::from_secs(60), "b to take over", || async {
+    eventually(FAIL_AFTER, "b to take over", || async {
         (b_probe.is_leader().await == Some(true)).then_some(())
     })
     .await;
@@ -88,7 +90,7 @@ async fn a_renewal_held_in_the_network_and_delivered_late_is_refused() {
             .collect::<std::collections::BTreeSet<_>>()
             .len()
     };
-    eventually(Duration::from_secs(30), "b to renew the Lease", || async {
+    eventually(FAIL_AFTER, "b to renew the Lease", || async {
         (renewed_by_b(&versions.lock().unwrap()) >= 2).then_some(())
     })
     .await;

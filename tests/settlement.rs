@@ -21,14 +21,14 @@ use reserve_operator::{
     crd::{Ledger, LedgerSpec, OrderState},
 };
 use reserve_testkit::{
-    ControlPlane, Identity, Launch, OperatorProcess, Shop, control_plane::text, eventually,
-    operator_bin,
+    ControlPlane, FAIL_AFTER, Identity, Launch, OperatorProcess, Shop, control_plane::text,
+    eventually, operator_bin,
 };
 
 use OrderState::{Canceled, Completed, Requested};
 
 const SETTLE_AFTER: &str = "2s";
-const WAIT: Duration = Duration::from_secs(40);
+const WAIT: Duration = FAIL_AFTER;
 
 /// A shop whose namespace opted in, and an identity allowed to settle.
 async fn settling_shop(prefix: &str) -> (Shop, Identity) {
@@ -238,7 +238,7 @@ async fn old_final_orders_move_into_the_ledger_and_no_score_moves() {
 
     // A new level policy re-levels from ledger and live orders.
     op.sigterm();
-    assert!(op.wait_exit(Duration::from_secs(15)).is_some());
+    assert!(op.wait_exit(Duration::from_secs(30)).is_some());
     let mut relevel = Launch::new(operator_bin!(), &shop.kubeconfig(&identity))
         .args(["--namespace", &shop.ns, "--no-leader-election"])
         .args(["--levels", "Bronze=0,Silver=3,Gold=9,Platinum=10"])
@@ -291,7 +291,7 @@ async fn an_opted_out_namespace_keeps_its_orders_and_a_name_settled_before_is_a_
         "{err}"
     );
     op.sigterm();
-    op.wait_exit(Duration::from_secs(15));
+    op.wait_exit(Duration::from_secs(30));
 }
 
 /// Stops the operator right after `step` of a settlement, checks what that step left, then

@@ -9,7 +9,8 @@ use std::{
 
 use futures::StreamExt;
 use kube::{
-    Api, ResourceExt,
+    Api, Resource, ResourceExt,
+    api::ListParams,
     runtime::{WatchStreamExt, watcher},
 };
 use reserve_operator::{
@@ -20,6 +21,9 @@ use reserve_operator::{
 pub struct Invariants {
     violations: Arc<Mutex<Vec<String>>>,
     statuses_seen: Arc<Mutex<usize>>,
+    /// The newest version of each object the watches showed, by kind and name.
+    versions: Arc<Mutex<HashMap<(&'static str, String), String>>>,
+    apis: (Api<Customer>, Api<Order>),
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -27,6 +31,8 @@ impl Invariants {
     pub fn watch(customers: Api<Customer>, orders: Api<Order>, policy: LevelPolicy) -> Self {
         let violations = Arc::new(Mutex::new(Vec::new()));
         let statuses_seen = Arc::new(Mutex::new(0));
+        let versions: Arc<Mutex<HashMap<(&'static str, String), String>>> = Arc::default();
+        let apis = (customers.clone(), orders.clone());
         let record = |violations: &Arc<Mutex<Vec<String>>>, what: String| {
             violations
                 .lock()
@@ -35,6 +41,7 @@ impl Invariants {
         };
         let customer_task = {
             let (violations, seen) = (violations.clone(), statuses_seen.clone());
+            let versions = versions.clone();
             let stream = watcher(customers, watcher::Config::default())
                 .default_backoff()
                 .applied_objects();
@@ -43,6 +50,7 @@ impl Invariants {
                 // A failed watch (an API server restarted, etcd stopped) backs off and goes on.
                 while let Some(event) = stream.next().await {
                     let Ok(customer) = event else { continue };
+                    seen_at(&versions, "customer", &customer);
                     let Some(status) = customer.status.as_ref() else {
                         continue;
                     };
@@ -68,6 +76,7 @@ impl Invariants {
         };
         let order_task = {
             let (violations, seen) = (violations.clone(), statuses_seen.clone());
+            let versions = versions.clone();
             let stream = watcher(orders, watcher::Config::default())
                 .default_backoff()
                 .applied_objects();
@@ -77,6 +86,7 @@ impl Invariants {
                 let mut stream = std::pin::pin!(stream);
                 while let Some(event) = stream.next().await {
                     let Ok(order) = event else { continue };
+                    seen_at(&versions, "order", &order);
                     let Some(level) = order.status.as_ref().and_then(|s| s.customer_level.clone())
                     else {
                         continue;
@@ -110,12 +120,42 @@ impl Invariants {
         Invariants {
             violations,
             statuses_seen,
+            versions,
+            apis,
             tasks: vec![customer_task, order_task],
         }
     }
 
-    /// Stops watching: (violations, statuses seen).
-    pub fn finish(self) -> (Vec<String>, usize) {
+    /// Waits until the watches have shown every Customer and Order at the version the store
+    /// holds now, so nothing that happened before is left unchecked.
+    async fn caught_up(&self) {
+        let lp = ListParams::default();
+        crate::eventually(
+            crate::FAIL_AFTER,
+            "the invariants' watches to catch up",
+            || async {
+                let customers = self.apis.0.list(&lp).await.ok()?.items;
+                let orders = self.apis.1.list(&lp).await.ok()?.items;
+                let versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+                let shown = |kind: &'static str, name: String, version: Option<String>| {
+                    versions.get(&(kind, name)) == version.as_ref()
+                };
+                let all = customers
+                    .into_iter()
+                    .all(|c| shown("customer", c.name_any(), c.metadata.resource_version))
+                    && orders
+                        .into_iter()
+                        .all(|o| shown("order", o.name_any(), o.metadata.resource_version));
+                all.then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Once the watches have shown everything the store holds now, stops watching:
+    /// (violations, statuses seen).
+    pub async fn finish(self) -> (Vec<String>, usize) {
+        self.caught_up().await;
         for task in &self.tasks {
             task.abort();
         }
@@ -126,5 +166,19 @@ impl Invariants {
             .clone();
         let seen = *self.statuses_seen.lock().unwrap_or_else(|p| p.into_inner());
         (violations, seen)
+    }
+}
+
+/// Records the version of `object` a watch showed.
+fn seen_at<K: Resource>(
+    versions: &Mutex<HashMap<(&'static str, String), String>>,
+    kind: &'static str,
+    object: &K,
+) {
+    if let Some(version) = object.meta().resource_version.clone() {
+        versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((kind, object.name_any()), version);
     }
 }

@@ -29,4 +29,4 @@ pub use probe::{Metrics, Probe};
 pub use process::{Lifetime, Proc, watchdog};
 pub use rbac::Identity;
 pub use shop::Shop;
-pub use wait::{eventually, until};
+pub use wait::{FAIL_AFTER, eventually, until};

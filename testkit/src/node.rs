@@ -369,7 +369,20 @@ impl Node {
         for cgroup in host::kubepods_cgroups() {
             host::kill_cgroup(&cgroup);
         }
-        std::thread::sleep(Duration::from_millis(300));
+        // SIGKILL is delivered at once but a process leaves its cgroup only once it has exited.
+        let gone = wait_for(
+            Duration::from_secs(60),
+            "the killed processes to exit",
+            || {
+                host::processes_with(&marker).is_empty()
+                    && host::kubepods_cgroups()
+                        .iter()
+                        .all(|c| host::cgroup_empty(c))
+            },
+        );
+        if let Err(error) = gone {
+            eprintln!("node teardown: {error}");
+        }
         for mount in host::mounts_under(dir) {
             host::unmount(&mount);
         }

@@ -20,14 +20,11 @@ use reserve_operator::{
 use serde_json::json;
 
 use crate::{
-    ControlPlane, Identity, fixtures,
+    ControlPlane, FAIL_AFTER, Identity, fixtures,
     operator::{InProcessOperator, Launch, OperatorProcess},
     rbac, until,
     view::{self, View},
 };
-
-/// How long a test waits for the operator to show what it expects.
-pub const WAIT: Duration = Duration::from_secs(20);
 
 /// The operator's namespace: its ServiceAccounts are the only identities allowed to write status.
 pub const OPERATOR_NAMESPACE: &str = "reserve-system";
@@ -253,7 +250,7 @@ impl Shop {
         check: impl Fn(&CustomerStatus) -> bool,
     ) -> CustomerStatus {
         let what = format!("customer {name}: {what}");
-        let found = until(&self.customers(), name, WAIT, &what, |c| {
+        let found = until(&self.customers(), name, FAIL_AFTER, &what, |c| {
             c.status.as_ref().is_some_and(&check)
         })
         .await;
@@ -268,7 +265,7 @@ impl Shop {
         check: impl Fn(&OrderStatus) -> bool,
     ) -> OrderStatus {
         let what = format!("order {name}: {what}");
-        let found = until(&self.orders(), name, WAIT, &what, |o| {
+        let found = until(&self.orders(), name, FAIL_AFTER, &what, |o| {
             o.status.as_ref().is_some_and(&check)
         })
         .await;

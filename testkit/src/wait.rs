@@ -11,6 +11,11 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
+/// How long a test waits for work the operator must do on a cluster before it fails: a deadline
+/// that means failure, never a speed. Machines of this kind differ by 2x from day to day, and
+/// the tests run on one core on a slow day; how fast anything is, the benchmark measures.
+pub const FAIL_AFTER: Duration = Duration::from_secs(180);
+
 /// Watches the object `name` until `check` holds for a version of it, and returns that version;
 /// panics naming `what` (and the last version seen) after `timeout`. The watch goes on through
 /// failures (an API server restarted, etcd stopped), as a client's would.

@@ -296,9 +296,6 @@ fn post_params() -> PostParams {
     }
 }
 
-/// With the backoff below, about 45 s of trying: longer than any outage the chaos tests make.
-const ATTEMPTS: u32 = 14;
-
 /// Whether a failed request may succeed if sent again: throttled, server errors, timeouts, a
 /// connection that broke.
 pub fn retriable(error: &kube::Error) -> bool {
@@ -309,23 +306,25 @@ pub fn retriable(error: &kube::Error) -> bool {
     }
 }
 
-/// Sends a request until it succeeds or fails for good, backing off between attempts.
+/// Sends a request until it succeeds or fails for good, backing off between attempts (up to
+/// 5 s apart), for as long as any outage the chaos tests make may last on a slow machine
+/// ([`FAIL_AFTER`](crate::FAIL_AFTER)).
 pub async fn retry<T, Fut>(what: &str, mut send: impl FnMut() -> Fut) -> Result<T, String>
 where
     Fut: Future<Output = Result<T, kube::Error>>,
 {
+    let deadline = tokio::time::Instant::now() + crate::FAIL_AFTER;
     let mut delay = Duration::from_millis(100);
-    for attempt in 1..=ATTEMPTS {
+    loop {
         match send().await {
             Ok(value) => return Ok(value),
-            Err(error) if attempt < ATTEMPTS && retriable(&error) => {
+            Err(error) if tokio::time::Instant::now() < deadline && retriable(&error) => {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
             Err(error) => return Err(format!("{what}: {error}")),
         }
     }
-    unreachable!("the last attempt returns")
 }
 
 /// Creates an object; an `AlreadyExists` after a retried attempt means the first one landed.

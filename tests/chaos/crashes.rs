@@ -43,10 +43,14 @@ async fn operator_killed_again_and_again_under_load_ends_exact() {
         }
     }
     let transitions = load.await.unwrap();
-    let exact = shop.converge(&policy, CONVERGE).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let exact = shop.converge(&policy, converge_deadline()).await;
     println!("kills survived: {kills}, user edits: {edits}");
-    report("crash test", transitions, &exact, &invariants.finish());
+    report(
+        "crash test",
+        transitions,
+        &exact,
+        &invariants.finish().await,
+    );
 
     // Every user edit is still there: the operator writes only status.
     let edited: Vec<Customer> = shop

@@ -25,7 +25,7 @@ use reserve_operator::{
     loyalty::{LevelPolicy, MISSING_CUSTOMER_LEVEL},
 };
 use reserve_testkit::{
-    ControlPlane, Identity, Launch, OperatorProcess, Shop,
+    ControlPlane, FAIL_AFTER, Identity, Launch, OperatorProcess, Shop,
     control_plane::text,
     eventually, fixtures,
     invariants::Invariants,
@@ -38,7 +38,10 @@ use tokio::sync::RwLock;
 /// Restarting the API server or stopping etcd affects every test of this binary: those run alone.
 static CONTROL_PLANE: RwLock<()> = RwLock::const_new(());
 
-const CONVERGE: Duration = Duration::from_secs(90);
+/// Every status exact after a load: a deadline that means failure, for the heavy variant too.
+fn converge_deadline() -> Duration {
+    FAIL_AFTER * scale() as u32
+}
 const CONCURRENCY: usize = 16;
 
 fn scale() -> usize {
@@ -109,7 +112,7 @@ fn replica(identity: &Identity, name: &str, ns: &str, lease_ns: &str) -> Operato
 
 /// Which of `replicas` reports that it leads, once one does.
 async fn leader_of(replicas: &[OperatorProcess]) -> usize {
-    eventually(Duration::from_secs(40), "a leader", || async {
+    eventually(FAIL_AFTER, "a leader", || async {
         for (i, replica) in replicas.iter().enumerate() {
             if replica.probe().is_leader().await == Some(true) {
                 return Some(i);

@@ -28,24 +28,18 @@ async fn api_server_restart_under_load_recovers_without_restarting_the_operator(
     };
     driver.play(&first).await.expect("the first half");
     let probe = operator.probe().clone();
-    eventually(
-        Duration::from_secs(30),
-        "the operator to be ready",
-        || async { probe.is_ready().await.then_some(()) },
-    )
+    eventually(FAIL_AFTER, "the operator to be ready", || async {
+        probe.is_ready().await.then_some(())
+    })
     .await;
 
     let outage = Instant::now();
     cp.stop_apiserver();
     // /readyz reflects the outage once the watches notice it.
-    let unready = eventually(
-        Duration::from_secs(30),
-        "/readyz to report the outage",
-        || async {
-            let (code, body) = probe.get("/readyz").await?;
-            (code == 503).then_some(body)
-        },
-    )
+    let unready = eventually(FAIL_AFTER, "/readyz to report the outage", || async {
+        let (code, body) = probe.get("/readyz").await?;
+        (code == 503).then_some(body)
+    })
     .await;
     println!("during the outage /readyz said: {}", unready.trim());
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -53,8 +47,8 @@ async fn api_server_restart_under_load_recovers_without_restarting_the_operator(
     println!("API server was down for {:?}", outage.elapsed());
 
     driver.play(&second).await.expect("the second half");
-    let exact = shop.converge(&policy, CONVERGE).await;
-    eventually(Duration::from_secs(60), "/readyz to recover", || async {
+    let exact = shop.converge(&policy, converge_deadline()).await;
+    eventually(FAIL_AFTER, "/readyz to recover", || async {
         probe.is_ready().await.then_some(())
     })
     .await;
@@ -68,7 +62,7 @@ async fn api_server_restart_under_load_recovers_without_restarting_the_operator(
         "API server restart",
         plan.transitions(),
         &exact,
-        &invariants.finish(),
+        &invariants.finish().await,
     );
 }
 
@@ -87,25 +81,19 @@ async fn etcd_stopped_under_load_makes_the_operator_unready_until_it_is_back() {
     let probe = operator.probe().clone();
     let plan = Plan::new(30 * scale(), 600 * scale(), 13);
     prepare(&shop, &plan).await;
-    eventually(
-        Duration::from_secs(30),
-        "the operator to be ready",
-        || async { probe.is_ready().await.then_some(()) },
-    )
+    eventually(FAIL_AFTER, "the operator to be ready", || async {
+        probe.is_ready().await.then_some(())
+    })
     .await;
     let load = load(&shop, &plan);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let stopped = Instant::now();
     cp.stop_etcd();
-    let unready = eventually(
-        Duration::from_secs(30),
-        "/readyz to name the failing writes",
-        || async {
-            let (code, body) = probe.get("/readyz").await?;
-            (code == 503 && body.contains("status writes failing")).then_some(body)
-        },
-    )
+    let unready = eventually(FAIL_AFTER, "/readyz to name the failing writes", || async {
+        let (code, body) = probe.get("/readyz").await?;
+        (code == 503 && body.contains("status writes failing")).then_some(body)
+    })
     .await;
     println!(
         "{:.1}s after etcd stopped, /readyz said: {}",
@@ -116,7 +104,7 @@ async fn etcd_stopped_under_load_makes_the_operator_unready_until_it_is_back() {
     cp.start_etcd().expect("etcd starts again");
     let down = stopped.elapsed();
     let restarted = Instant::now();
-    eventually(Duration::from_secs(90), "/readyz to recover", || async {
+    eventually(FAIL_AFTER, "/readyz to recover", || async {
         probe.is_ready().await.then_some(())
     })
     .await;
@@ -126,6 +114,11 @@ async fn etcd_stopped_under_load_makes_the_operator_unready_until_it_is_back() {
         restarted.elapsed().as_secs_f64()
     );
     let transitions = load.await.unwrap();
-    let exact = shop.converge(&policy, CONVERGE).await;
-    report("etcd stopped", transitions, &exact, &invariants.finish());
+    let exact = shop.converge(&policy, converge_deadline()).await;
+    report(
+        "etcd stopped",
+        transitions,
+        &exact,
+        &invariants.finish().await,
+    );
 }

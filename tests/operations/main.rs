@@ -15,7 +15,7 @@ use kube::Api;
 use kube::api::PostParams;
 use reserve_operator::{crd::OrderState, leader::LEASE_SECONDS};
 use reserve_testkit::{
-    ControlPlane, Identity, Launch, OperatorProcess,
+    ControlPlane, FAIL_AFTER, Identity, Launch, OperatorProcess,
     audit::AuditEvent,
     control_plane::text,
     eventually, fixtures, operator_bin,
@@ -23,6 +23,7 @@ use reserve_testkit::{
         LEASE_ROLE, OPERATOR_NAMESPACE, OPERATOR_ROLE, fresh_namespace, grant_lease,
         operator_identity,
     },
+    until,
 };
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
@@ -34,6 +35,8 @@ const SYSTEM_NS: &str = OPERATOR_NAMESPACE;
 const SA: &str = "reserve-operator";
 const SA_USER: &str = "system:serviceaccount:reserve-system:reserve-operator";
 const CLUSTER_ROLE: &str = OPERATOR_ROLE;
+/// The Deployment's terminationGracePeriodSeconds: how long a replica has to exit on SIGTERM.
+const GRACE: Duration = Duration::from_secs(30);
 
 // What every test here shares.
 
@@ -61,13 +64,10 @@ async fn wait_for_score(
     level: &str,
 ) {
     let what = format!("customer {name} with score {score} and level {level}");
-    eventually(Duration::from_secs(30), &what, || {
-        let customers = customers.clone();
-        async move {
-            let c = customers.get(name).await.ok()?;
-            let s = c.status?;
-            (s.score == score && s.level.as_deref() == Some(level)).then_some(())
-        }
+    until(customers, name, FAIL_AFTER, &what, |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.score == score && s.level.as_deref() == Some(level))
     })
     .await;
 }

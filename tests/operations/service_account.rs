@@ -31,20 +31,14 @@ async fn operator_with_the_service_account_token_reconciles_without_a_403() {
     let probe = operator.probe().clone();
 
     // It leads, and is ready once its caches are synced.
-    eventually(
-        Duration::from_secs(30),
-        "the SA operator to lead",
-        || async { (probe.is_leader().await == Some(true)).then_some(()) },
-    )
+    eventually(FAIL_AFTER, "the SA operator to lead", || async {
+        (probe.is_leader().await == Some(true)).then_some(())
+    })
     .await;
-    eventually(
-        Duration::from_secs(30),
-        "/readyz 200 on the leader",
-        || async {
-            let (code, body) = probe.get("/readyz").await?;
-            (code == 200 && body.trim() == "ok").then_some(())
-        },
-    )
+    eventually(FAIL_AFTER, "/readyz 200 on the leader", || async {
+        let (code, body) = probe.get("/readyz").await?;
+        (code == 200 && body.trim() == "ok").then_some(())
+    })
     .await;
     let (code, body) = probe.get("/healthz").await.expect("/healthz answers");
     assert_eq!((code, body.trim()), (200, "ok"));
@@ -91,7 +85,7 @@ async fn operator_with_the_service_account_token_reconciles_without_a_403() {
     );
     let o1 = orders.get("o1").await.unwrap().status.expect("o1 status");
     assert_eq!(o1.phase, Some(OrderState::Completed));
-    let lost = eventually(Duration::from_secs(30), "order lost to be Iron", || {
+    let lost = eventually(FAIL_AFTER, "order lost to be Iron", || {
         let orders = orders.clone();
         async move {
             let s = orders.get("lost").await.ok()?.status?;
@@ -131,7 +125,7 @@ async fn operator_with_the_service_account_token_reconciles_without_a_403() {
     // SIGTERM: a clean exit that releases the Lease.
     operator.sigterm();
     let status = operator
-        .wait_exit(Duration::from_secs(10))
+        .wait_exit(GRACE)
         .expect("the operator exits within 10s of SIGTERM");
     assert!(status.success(), "exit status {status}");
     let holder = cp.kubectl(&[

@@ -243,6 +243,23 @@ pub fn kill_cgroup(root: &Path) {
 }
 
 /// Removes a cgroup tree, leaves first.
+/// Whether no process is left in `root` or any cgroup below it.
+pub fn cgroup_empty(root: &Path) -> bool {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if !procs.trim().is_empty() {
+            return false;
+        }
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    true
+}
+
 pub fn remove_cgroup(root: &Path) {
     let mut dirs = Vec::new();
     let mut stack = vec![root.to_path_buf()];
