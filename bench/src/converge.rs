@@ -76,7 +76,7 @@ pub async fn operator_metrics(probe: &Probe) -> Result<OperatorFigures, String> 
 
 /// Progress of objects towards what they should show, as a watch sees it.
 #[derive(Clone, Debug, Default)]
-struct Progress {
+pub struct Progress {
     matching: usize,
     /// Since when every object has matched (None while some do not).
     all_since: Option<Instant>,
@@ -126,7 +126,7 @@ where
 }
 
 /// Every customer's standing against what the plan gives.
-fn watch_customers(
+pub fn watch_customers(
     client: &Client,
     ns: &str,
     expected: Arc<BTreeMap<String, Standing>>,
@@ -143,7 +143,7 @@ fn watch_customers(
 }
 
 /// Every order's receipt: its phase and observed generation are those of its spec.
-fn watch_receipts(
+pub fn watch_receipts(
     client: &Client,
     ns: &str,
     orders: usize,
@@ -157,7 +157,7 @@ fn watch_receipts(
 
 /// Waits until every one of `count` objects matches, saying how far it is every 10 s; when
 /// that began.
-async fn all_match(
+pub async fn all_match(
     progress: &mut watch::Receiver<Progress>,
     deadline: Instant,
     count: usize,
@@ -318,7 +318,7 @@ pub async fn run_point(
 /// The generator's work on `plan`: its customers, its orders, then every wave of state changes;
 /// the figures, when it started and when its last write was answered. `run` names the run in
 /// the profile's file (`alone`, `operator`).
-async fn drive(
+pub async fn drive(
     ctx: &Context,
     driver: &Driver,
     plan: &Plan,

@@ -401,6 +401,23 @@ impl SettlementRun {
     }
 }
 
+/// A hand-over's catch-up: an operator started on a namespace where the whole plan was played
+/// with none running; times from its start.
+#[derive(Clone, Debug, Serialize)]
+pub struct Handover {
+    pub operator_binary: String,
+    pub customers: usize,
+    pub orders: usize,
+    pub ready_seconds: f64,
+    /// Until a watch saw every customer with its expected standing.
+    pub customers_current_seconds: f64,
+    /// Until a watch saw every order's receipt current (phase, observed generation).
+    pub receipts_current_seconds: f64,
+    pub status_writes_customer: f64,
+    pub status_writes_order: f64,
+    pub operator_cpu_seconds: f64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     pub date: String,
@@ -414,6 +431,7 @@ pub struct Summary {
     /// The floor measured in the same run as the freshness runs, to read the knee against.
     pub freshness_floor: Option<Floor>,
     pub settlement: Option<SettlementRun>,
+    pub handovers: Vec<Handover>,
     pub targets: Vec<Target>,
 }
 

@@ -8,6 +8,7 @@
 //! reserve-bench --skip-converge --freshness --rate 200 --seconds 60 --flood 0,256 --flowschema both
 //! reserve-bench --skip-converge --freshness --rate 50,100,150,200 --operator old,new   # the knee
 //! reserve-bench --skip-converge --settlement     # 200,000 orders over 10,000 customers, settled
+//! reserve-bench --skip-converge --handover 5000 --operator old,new  # a hand-over's catch-up
 //! ```
 //!
 //! Figures are printed as a table and written to `target/bench/` as JSON and text.
@@ -18,6 +19,7 @@ mod delay;
 mod figures;
 mod floor;
 mod freshness;
+mod handover;
 mod profile;
 mod report;
 mod rows;
@@ -122,6 +124,11 @@ struct Args {
     /// Settlement run: the settlement age, in seconds.
     #[arg(long, default_value_t = 30)]
     settle_after: u64,
+    /// A hand-over's catch-up: this many orders played with no operator running, then an
+    /// operator started (each of --operator, alternately; several comma-separated values make
+    /// several points).
+    #[arg(long, value_delimiter = ',')]
+    handover: Vec<usize>,
     /// Whether the operator's FlowSchema (manifests/operator/flowcontrol.yaml) is installed.
     #[arg(long, value_enum, default_value_t = FlowSchema::On)]
     flowschema: FlowSchema,
@@ -231,6 +238,7 @@ async fn run(args: Args) -> Result<(), String> {
     if args.customers == 0
         || args.concurrency == 0
         || points.contains(&0)
+        || args.handover.contains(&0)
         || args.rate.iter().any(|r| *r <= 0.0)
     {
         return Err("--customers, --orders, --concurrency and --rate must be positive".into());
@@ -333,7 +341,7 @@ async fn run(args: Args) -> Result<(), String> {
                 }
             }
         }
-        ctx.operator_bin = operator_bin;
+        ctx.operator_bin = operator_bin.clone();
     }
     let knees = figures::knees(&fresh);
     // What the API server allows for the operator's kind of write, in the same run.
@@ -352,6 +360,15 @@ async fn run(args: Args) -> Result<(), String> {
     } else {
         None
     };
+
+    let mut handovers = Vec::new();
+    for &orders in &args.handover {
+        for binary in &binaries {
+            ctx.operator_bin = binary.clone();
+            handovers.push(handover::run(&ctx, orders).await?);
+        }
+    }
+    ctx.operator_bin = operator_bin.clone();
 
     let settled = if args.settlement {
         let settings = settlement::Settings {
@@ -412,6 +429,7 @@ async fn run(args: Args) -> Result<(), String> {
         knees,
         freshness_floor,
         settlement: settled,
+        handovers,
         targets,
     };
     let table = report::render(&summary);

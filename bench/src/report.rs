@@ -384,6 +384,27 @@ pub fn render(summary: &Summary) -> String {
             let _ = writeln!(out, "  not 2xx: {request:<31}{count:>10}");
         }
     }
+    if !summary.handovers.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nhand-over catch-up (from the operator's start; the whole plan played with none running):"
+        );
+        for h in &summary.handovers {
+            let _ = writeln!(
+                out,
+                "  {} ({} customers, {} orders): ready {:.2}s, every customer {:.2}s, every receipt {:.2}s; status writes {:.0} order, {:.0} customer; operator CPU {:.1}s",
+                h.operator_binary,
+                h.customers,
+                h.orders,
+                h.ready_seconds,
+                h.customers_current_seconds,
+                h.receipts_current_seconds,
+                h.status_writes_order,
+                h.status_writes_customer,
+                h.operator_cpu_seconds
+            );
+        }
+    }
     for run in &summary.freshness {
         let _ = writeln!(
             out,
