@@ -74,7 +74,7 @@ show
 
 step "Alice buys a bag of beans (3 more): 12 points, Gold"
 kubectl create -n "$ns" -f - >/dev/null <<ORDER
-apiVersion: reserve.coffeechain.io/v1alpha1
+apiVersion: reserve.coffeechain.io/v1
 kind: Order
 metadata: {name: alice-beans}
 spec: {customer: alice, product: House Blend Beans, quantity: 3, state: Completed}
@@ -93,7 +93,7 @@ show
 
 step "Carol signs up: her waiting order is attributed (snapshot Bronze) and served"
 kubectl create -n "$ns" -f - >/dev/null <<CUSTOMER
-apiVersion: reserve.coffeechain.io/v1alpha1
+apiVersion: reserve.coffeechain.io/v1
 kind: Customer
 metadata: {name: carol}
 spec: {displayName: Carol Park}

@@ -312,3 +312,23 @@ where
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_saved_before_v1_restores_as_v1() {
+        let saved = [json!({
+            "apiVersion": "reserve.coffeechain.io/v1alpha1", "kind": "Customer",
+            "metadata": { "name": "alice", "namespace": "shop" },
+            "spec": { "displayName": "Alice" },
+            "status": { "score": 7, "level": "Silver" },
+        })];
+        let customers: Vec<Customer> = of_kind(&saved, "Customer").unwrap();
+        assert_eq!(customers[0].status.as_ref().unwrap().score, 7);
+        let written = serde_json::to_value(&customers[0]).unwrap();
+        assert_eq!(written["apiVersion"], "reserve.coffeechain.io/v1");
+        assert_eq!(written["spec"]["displayName"], "Alice");
+    }
+}

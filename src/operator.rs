@@ -30,6 +30,34 @@ use crate::{
     probe::Probes,
 };
 
+/// The oldest Kubernetes this release runs on: the Orders' field selectors (CRD
+/// `selectableFields`) are GA from 1.32. (Streaming lists, from 1.34, and comparable
+/// resourceVersions, from 1.35, are used where the server has them.)
+pub const MIN_KUBERNETES: (u32, u32) = (1, 32);
+
+/// Refuses to run where this release cannot: a Kubernetes older than [`MIN_KUBERNETES`], or an
+/// API that does not serve the version this release reads and writes (CRDs of an older
+/// release: apply this release's first). A server that does not answer yet is not refused: the
+/// watches wait for it.
+async fn supported(client: &Client, server: Option<(u32, u32)>) -> Result<(), String> {
+    if let Some((major, minor)) = server.filter(|version| *version < MIN_KUBERNETES) {
+        let (min_major, min_minor) = MIN_KUBERNETES;
+        return Err(format!(
+            "Kubernetes {major}.{minor} is older than {min_major}.{min_minor}, the oldest this \
+             release runs on"
+        ));
+    }
+    let version = format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION);
+    match client.list_api_group_resources(&version).await {
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(format!(
+            "the cluster does not serve {version}, which this release reads and writes: apply \
+             its CustomResourceDefinitions first (kubectl apply --server-side -k \
+             manifests/crds, or the chart with crds.install)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A probe listener bound before the operator runs (so a caller can learn the port).
 pub async fn bind_probes(addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr)
@@ -84,6 +112,7 @@ pub async fn run(
         let number = |s: &str| s.trim_end_matches('+').parse::<u32>().ok();
         Some((number(&info.major)?, number(&info.minor)?))
     });
+    supported(&client, server).await?;
     let initial_list = args.initial_list.resolve(server);
     info!(?initial_list, ?server, "initial lists");
     let watches = controller::watch(

@@ -33,7 +33,7 @@ fn indent(lines: &str) -> String {
 
 fn order_yaml(name: &str, spec: &str) -> String {
     format!(
-        "apiVersion: reserve.coffeechain.io/v1alpha1\nkind: Order\nmetadata:\n  name: {name}\nspec:\n{}",
+        "apiVersion: reserve.coffeechain.io/v1\nkind: Order\nmetadata:\n  name: {name}\nspec:\n{}",
         indent(spec)
     )
 }
@@ -45,7 +45,7 @@ fn customer_yaml(name: &str, spec: &str) -> String {
         format!("spec:\n{}", indent(spec))
     };
     format!(
-        "apiVersion: reserve.coffeechain.io/v1alpha1\nkind: Customer\nmetadata:\n  name: {name}\n{spec}"
+        "apiVersion: reserve.coffeechain.io/v1\nkind: Customer\nmetadata:\n  name: {name}\n{spec}"
     )
 }
 
@@ -244,7 +244,7 @@ fn invalid_objects_are_refused_and_nothing_is_stored() {
         ("customer of 255 characters", "order", order_yaml("customer-long", &format!("customer: {long_customer}\nproduct: Americano\nquantity: 2")), vec!["spec.customer", "253"]),
         ("unknown state", "order", order_yaml("state-shipped", &format!("{ok}\nstate: Shipped")), vec!["spec.state", "Unsupported value: \"Shipped\""]),
         ("displayName of 129 characters", "customer", customer_yaml("display-long", &format!("displayName: {long129}")), vec!["spec.displayName", "128"]),
-        ("order without spec", "order", "apiVersion: reserve.coffeechain.io/v1alpha1\nkind: Order\nmetadata:\n  name: no-spec\n".into(), vec!["spec: Required value"]),
+        ("order without spec", "order", "apiVersion: reserve.coffeechain.io/v1\nkind: Order\nmetadata:\n  name: no-spec\n".into(), vec!["spec: Required value"]),
     ];
     for (case, kind, yaml, needles) in &cases {
         let name = yaml
@@ -436,8 +436,8 @@ fn kubectl_shows_the_contract_columns_categories_and_short_names() {
     let resources =
         stdout(&cp.kubectl(&["api-resources", "--api-group", "reserve.coffeechain.io"]));
     for line in [
-        "customers cust reserve.coffeechain.io/v1alpha1 true Customer",
-        "orders ord reserve.coffeechain.io/v1alpha1 true Order",
+        "customers cust reserve.coffeechain.io/v1 true Customer",
+        "orders ord reserve.coffeechain.io/v1 true Order",
     ] {
         assert!(
             resources
@@ -540,4 +540,71 @@ fn orders_can_be_selected_by_customer_and_state() {
     );
     assert_eq!(names("spec.customer=bob,spec.state=Requested").len(), 2);
     assert!(names("spec.state=Completed").is_empty());
+}
+
+/// A manifest written for `v1alpha1` still applies (a Git repository written before v1): the
+/// API server warns that the version is deprecated and names v1, and the object is the same
+/// object in both versions, columns and field selectors included.
+#[test]
+fn v1alpha1_still_applies_with_a_warning_naming_v1_and_is_the_same_object() {
+    let cp = ControlPlane::shared();
+    let ns = namespace(cp, "alpha");
+    let old = |yaml: String| {
+        yaml.replace(
+            "reserve.coffeechain.io/v1\n",
+            "reserve.coffeechain.io/v1alpha1\n",
+        )
+    };
+    let out = apply(
+        cp,
+        &ns,
+        &old(customer_yaml("gitops", "displayName: From Git")),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let warning = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warning.contains("reserve.coffeechain.io/v1alpha1 Customer is deprecated; use reserve.coffeechain.io/v1 Customer"),
+        "no deprecation warning naming v1: {warning}"
+    );
+    let out = apply(
+        cp,
+        &ns,
+        &old(order_yaml(
+            "gitops-1",
+            "customer: gitops\nproduct: Mocha\nquantity: 2",
+        )),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    for version in ["v1", "v1alpha1"] {
+        let resource = format!("customers.{version}.reserve.coffeechain.io");
+        let shown = stdout(&cp.kubectl(&[
+            "get",
+            &resource,
+            "gitops",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.apiVersion} {.spec.displayName} {.metadata.uid}",
+        ]));
+        assert!(
+            shown.starts_with(&format!("reserve.coffeechain.io/{version} From Git ")),
+            "{shown}"
+        );
+        let resource = format!("orders.{version}.reserve.coffeechain.io");
+        let selected = stdout(&cp.kubectl(&[
+            "get",
+            &resource,
+            "-n",
+            &ns,
+            "--field-selector",
+            "spec.customer=gitops",
+            "-o",
+            "name",
+        ]));
+        assert_eq!(
+            selected.trim(),
+            "order.reserve.coffeechain.io/gitops-1",
+            "{version}"
+        );
+    }
 }

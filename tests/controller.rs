@@ -215,7 +215,7 @@ async fn a_customer_may_have_no_spec() {
     let (_, _operator) = shop.operator(&[]).await;
     let out = ControlPlane::shared().kubectl_stdin(
         &["apply", "-n", &shop.ns, "-f", "-"],
-        "apiVersion: reserve.coffeechain.io/v1alpha1\nkind: Customer\nmetadata:\n  name: dana\n",
+        "apiVersion: reserve.coffeechain.io/v1\nkind: Customer\nmetadata:\n  name: dana\n",
     );
     assert!(
         out.status.success(),
@@ -469,13 +469,21 @@ async fn restart_after_convergence_writes_nothing_and_only_status_is_ever_writte
         "a restart after convergence wrote: {rewrites:?}"
     );
     // This API server (1.34 or later) streams the initial lists: one watch per kind that
-    // sends the objects first, and no LIST at all.
-    let lists: Vec<String> = after
+    // sends the objects first, and no LIST of the objects at all (the only LISTs are the
+    // probes of the store's current version, one object each).
+    let lists: Vec<&str> = after
         .iter()
         .filter(|e| e.verb == "list")
-        .map(|e| e.object_ref.resource.clone())
+        .map(|e| e.request_uri.as_str())
         .collect();
+    let (probes, lists): (Vec<&str>, Vec<&str>) = lists
+        .into_iter()
+        .partition(|uri| uri.split(['?', '&']).any(|p| p == "limit=1"));
     assert!(lists.is_empty(), "LISTs on a restart: {lists:?}");
+    assert!(
+        !probes.is_empty(),
+        "no probe of the store's version: {after:#?}"
+    );
     let mut streamed: Vec<String> = after
         .iter()
         .filter(|e| e.verb == "watch" && e.request_uri.contains("sendInitialEvents=true"))

@@ -144,7 +144,7 @@ async fn expect_orders(shop: &Shop, names: &[&str]) {
 /// An Order as a GitOps tool applies it: `kubectl apply`, client-side or server-side.
 fn apply_order(shop: &Shop, name: &str, customer: &str, quantity: i32, server_side: bool) {
     let manifest = format!(
-        "apiVersion: reserve.coffeechain.io/v1alpha1\nkind: Order\nmetadata:\n  name: {name}\n  \
+        "apiVersion: reserve.coffeechain.io/v1\nkind: Order\nmetadata:\n  name: {name}\n  \
          namespace: {ns}\nspec:\n  customer: {customer}\n  product: Latte\n  quantity: {quantity}\n  \
          state: Completed\n",
         ns = shop.ns

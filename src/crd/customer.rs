@@ -10,7 +10,7 @@ use crate::loyalty::Standing;
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "reserve.coffeechain.io",
-    version = "v1alpha1",
+    version = "v1",
     kind = "Customer",
     doc = "A coffee-chain customer; status.level is derived from the customer's Orders.",
     plural = "customers",

@@ -10,7 +10,7 @@ use super::OrderState;
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "reserve.coffeechain.io",
-    version = "v1alpha1",
+    version = "v1",
     kind = "Ledger",
     doc = "The settled history of a customer: settled Orders, summed; written only by the operator.",
     plural = "ledgers",

@@ -1,4 +1,5 @@
-//! The API: `Customer` and `Order` in `reserve.coffeechain.io/v1alpha1`.
+//! The API: `Customer`, `Order` and `Ledger` in `reserve.coffeechain.io/v1`, also served as
+//! `v1alpha1` (deprecated; the same schema) for manifests and tools written before v1.
 //!
 //! The schema lives next to the fields it guards, so the API server enforces every rule of the
 //! contract (bounds, patterns, immutability, state transitions) before anything is stored.
@@ -24,6 +25,12 @@ pub const GROUP: &str = "reserve.coffeechain.io";
 pub const READY: &str = "Ready";
 pub const CUSTOMER_FOUND: &str = "CustomerFound";
 
+/// The version the operator reads and writes, and the API server stores.
+pub const VERSION: &str = "v1";
+
+/// The version served before v1: the same schema, deprecated.
+pub const DEPRECATED_VERSION: &str = "v1alpha1";
+
 /// The Customer CRD: the derived schema, with `spec` optional (defaulted to `{}`) and `status`
 /// defaulted to `observedGeneration: 0`.
 pub fn customer_crd() -> CustomResourceDefinition {
@@ -36,20 +43,42 @@ pub fn customer_crd() -> CustomResourceDefinition {
         spec.default = Some(JSON(json!({})));
     }
     default_status_unobserved(schema);
-    crd
+    serve_deprecated_version(crd)
 }
 
 /// The Order CRD: the derived schema, with `status` defaulted to `observedGeneration: 0`.
 pub fn order_crd() -> CustomResourceDefinition {
     let mut crd = Order::crd();
     default_status_unobserved(root_schema(&mut crd));
+    serve_deprecated_version(crd)
+}
+
+/// The Ledger CRD.
+pub fn ledger_crd() -> CustomResourceDefinition {
+    serve_deprecated_version(Ledger::crd())
+}
+
+/// `crd` (stored as [`VERSION`]) also served as [`DEPRECATED_VERSION`], with the same schema,
+/// columns and field selectors: objects written in either version are the same objects, and
+/// the API server converts between them by changing `apiVersion` alone. Reading or writing the
+/// old version draws a warning that names the new one.
+fn serve_deprecated_version(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let kind = crd.spec.names.kind.clone();
+    let mut old = crd.spec.versions[0].clone();
+    old.name = DEPRECATED_VERSION.into();
+    old.storage = false;
+    old.deprecated = Some(true);
+    old.deprecation_warning = Some(format!(
+        "{GROUP}/{DEPRECATED_VERSION} {kind} is deprecated; use {GROUP}/{VERSION} {kind}"
+    ));
+    crd.spec.versions.push(old);
     crd
 }
 
 /// The CustomResourceDefinitions as one multi-document YAML stream, as committed in
 /// `manifests/crds/crds.yaml`.
 pub fn crds_yaml() -> String {
-    [customer_crd(), order_crd(), Ledger::crd()]
+    [customer_crd(), order_crd(), ledger_crd()]
         .iter()
         .map(|crd| serde_saphyr::to_string(crd).expect("a CRD always serialises"))
         .collect::<Vec<_>>()
@@ -108,6 +137,36 @@ mod tests {
     }
 
     #[test]
+    fn v1_is_stored_and_v1alpha1_served_beside_it_deprecated_with_the_same_schema() {
+        for crd in [customer_crd(), order_crd(), ledger_crd()] {
+            let [new, old] = &crd.spec.versions[..] else {
+                panic!("two versions: {:?}", crd.spec.versions)
+            };
+            assert_eq!(
+                (new.name.as_str(), new.storage, new.served),
+                ("v1", true, true)
+            );
+            assert_eq!(
+                (old.name.as_str(), old.storage, old.served),
+                ("v1alpha1", false, true)
+            );
+            assert_eq!(old.deprecated, Some(true));
+            let warning = old.deprecation_warning.as_deref().unwrap_or_default();
+            assert!(
+                warning.contains("use reserve.coffeechain.io/v1"),
+                "{warning}"
+            );
+            assert_eq!(new.schema, old.schema);
+            assert_eq!(
+                new.additional_printer_columns,
+                old.additional_printer_columns
+            );
+            assert_eq!(new.selectable_fields, old.selectable_fields);
+            assert_eq!(new.subresources, old.subresources);
+        }
+    }
+
+    #[test]
     fn customer_spec_is_optional_and_statuses_start_unobserved() {
         let mut customer = customer_crd();
         let schema = root_schema(&mut customer);
@@ -123,6 +182,7 @@ mod tests {
             Some(JSON(json!({})))
         );
         for mut crd in [customer_crd(), order_crd()] {
+            assert_eq!(crd.spec.versions[0].schema, crd.spec.versions[1].schema);
             let status = property(root_schema(&mut crd), "status").unwrap();
             assert_eq!(
                 status.default,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "reserve.coffeechain.io",
-    version = "v1alpha1",
+    version = "v1",
     kind = "Order",
     doc = "An order placed by a customer; the customer's score counts its spec.state.",
     plural = "orders",

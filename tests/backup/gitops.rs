@@ -10,7 +10,8 @@ use reserve_testkit::Shop;
 use super::{STORE, history::*};
 
 /// The shop's Git repository: customers, and orders in two commits (the second applied once
-/// the first counts, so their snapshots differ).
+/// the first counts, so their snapshots differ). Written before v1 and never changed: a
+/// repository that still applies `v1alpha1` keeps working.
 fn repository(shop: &Shop) -> [String; 2] {
     let customer = |name: &str| {
         format!(

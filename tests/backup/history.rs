@@ -104,7 +104,7 @@ pub async fn build(shop: &Shop) {
 /// An Order applied as a GitOps tool does (server-side apply, its own field manager).
 pub fn apply_from_git(shop: &Shop, name: &str, customer: &str, quantity: i32) {
     let manifest = format!(
-        "apiVersion: reserve.coffeechain.io/v1alpha1\nkind: Order\nmetadata:\n  name: {name}\n  \
+        "apiVersion: reserve.coffeechain.io/v1\nkind: Order\nmetadata:\n  name: {name}\n  \
          namespace: {ns}\nspec:\n  customer: {customer}\n  product: Latte\n  quantity: {quantity}\n  \
          state: Completed\n",
         ns = shop.ns

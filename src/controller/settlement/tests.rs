@@ -18,7 +18,7 @@ use crate::{
     leader::Fence,
 };
 
-const ORDER_PATH: &str = "/apis/reserve.coffeechain.io/v1alpha1/namespaces/shop/orders/o1";
+const ORDER_PATH: &str = "/apis/reserve.coffeechain.io/v1/namespaces/shop/orders/o1";
 
 fn settler(ctx: Arc<Context>) -> Arc<Settler> {
     Arc::new(Settler {
@@ -44,7 +44,7 @@ fn absorbed() -> AbsorbedOrder {
 /// The order as the API server has it: `state` at `version`.
 fn stored(state: &str, version: &str) -> serde_json::Value {
     json!({
-        "apiVersion": "reserve.coffeechain.io/v1alpha1", "kind": "Order",
+        "apiVersion": "reserve.coffeechain.io/v1", "kind": "Order",
         "metadata": { "name": "o1", "namespace": "shop", "uid": "uid-o1",
                       "resourceVersion": version },
         "spec": { "customer": "alice", "product": "Tea", "quantity": 3, "state": state },

@@ -43,7 +43,7 @@ fn order(i: usize, state: OrderState, version: u64) -> Order {
 fn order_write(exchange: &Exchange) -> bool {
     exchange.method == Method::PATCH
         && exchange.path.starts_with(&format!(
-            "/apis/reserve.coffeechain.io/v1alpha1/namespaces/{NS}/orders/"
+            "/apis/reserve.coffeechain.io/v1/namespaces/{NS}/orders/"
         ))
         && exchange.path.ends_with("/status")
 }
