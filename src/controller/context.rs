@@ -50,7 +50,7 @@ where
             + Clone
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
-        S: Clone + serde::Serialize + schemars::JsonSchema,
+        S: Clone + serde::Serialize,
     {
         let objects = Arc::<Objects<K, S>>::default();
         Self {

@@ -1,10 +1,12 @@
-//! The only way the operator writes: the status subresource of one object, as a JSON merge
-//! patch of the whole status by the operator's field manager, fenced by the Lease and
-//! conditional on the resourceVersion the status was computed from (the patch carries it, so
-//! the API server refuses it with 409 if the object moved on). A merge patch costs the API
-//! server far less than a server-side apply (no YAML parsing, no structured merge, no
-//! field-set comparison per manager) and keeps every guarantee: the same `patch` verb, status
-//! only, and managedFields still name `reserve-operator` as the writer of the status.
+//! The only way the operator writes: the status subresource of one object, as a JSON patch that
+//! puts the whole status in place, by the operator's field manager, fenced by the Lease and
+//! conditional on the resourceVersion the status was computed from (the patch sets it, so the
+//! API server refuses it with 409 if the object moved on). A patch costs the API server far less
+//! than a server-side apply (no YAML parsing, no structured merge, no field-set comparison per
+//! manager) and keeps every guarantee: the same `patch` verb, status only, and managedFields
+//! still name `reserve-operator` as the writer of the status. The status is replaced, not
+//! merged: a field this version does not know (a newer version's, after a downgrade or while
+//! an older replica still leads in a rollout) is not left behind as a stale observation.
 //!
 //! The writer also remembers what it wrote until the watch shows it (read-your-writes, which
 //! kube-runtime's reflector does not offer): a reconcile that runs between a write and its
@@ -21,9 +23,8 @@ use kube::{
     api::{Patch, PatchParams, ValidationDirective},
     runtime::reflector::ObjectRef,
 };
-use schemars::JsonSchema;
 use serde::{Serialize, de::DeserializeOwned};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{
     error::Error,
@@ -62,35 +63,18 @@ pub struct StatusWriter<K: Resource, S> {
     guards: Guards,
     /// Where the writes whose watch event has not arrived are kept, per object.
     objects: Arc<Objects<K, S>>,
-    /// Every field of the status, as named in the API.
-    fields: Vec<String>,
 }
 
-/// Every top-level field of the status type `S`, from its schema (the one the CRD publishes).
-fn status_fields<S: JsonSchema>() -> Vec<String> {
-    let schema = schemars::schema_for!(S);
-    schema
-        .get("properties")
-        .and_then(Value::as_object)
-        .map(|properties| properties.keys().cloned().collect())
-        .unwrap_or_default()
-}
-
-/// The merge patch that makes an object's status `status`, whatever it was, if the object is
-/// still at `resource_version`: a merge patch keeps what it does not name, so every field
-/// `status` leaves out is sent as null (its nested objects are written whole: their fields
-/// are all required, and lists are replaced as a whole).
-fn merge_patch<S: Serialize>(status: &S, fields: &[String], resource_version: &str) -> Value {
-    let mut status = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
-    if let Some(set) = status.as_object_mut() {
-        for field in fields {
-            set.entry(field.clone()).or_insert(Value::Null);
-        }
-    }
-    json!({
-        "metadata": { "resourceVersion": resource_version },
-        "status": status,
-    })
+/// The patch that makes an object's status exactly `status`, if the object is still at
+/// `resource_version`: the resourceVersion set (a stale one is refused with 409), then the
+/// status put in place whole, whatever it held before.
+fn status_patch<S: Serialize>(status: &S, resource_version: &str) -> json_patch::Patch {
+    let status = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
+    serde_json::from_value(json!([
+        { "op": "replace", "path": "/metadata/resourceVersion", "value": resource_version },
+        { "op": "add", "path": "/status", "value": status },
+    ]))
+    .expect("a JSON patch of two operations")
 }
 
 impl<K, S> StatusWriter<K, S>
@@ -99,7 +83,7 @@ where
         + Clone
         + DeserializeOwned
         + std::fmt::Debug,
-    S: Clone + Serialize + JsonSchema,
+    S: Clone + Serialize,
 {
     pub fn new(
         client: Client,
@@ -112,7 +96,6 @@ where
             controller,
             guards,
             objects,
-            fields: status_fields::<S>(),
         }
     }
 
@@ -191,7 +174,7 @@ where
             metrics.write_withheld(self.controller);
             return Err(Error::Relisting);
         }
-        let patch = merge_patch(status, &self.fields, resource_version);
+        let patch = status_patch(status, resource_version);
         metrics.status_write(self.controller);
         let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
         // The body is the operator's own, typed: the server need not check it for unknown or
@@ -203,7 +186,7 @@ where
         };
         let sent = tokio::time::timeout(
             WRITE_TIMEOUT,
-            api.patch_status(&name, &params, &Patch::Merge(&patch)),
+            api.patch_status(&name, &params, &Patch::Json::<()>(patch)),
         )
         .await
         .unwrap_or_else(|_| {
@@ -329,7 +312,7 @@ mod tests {
         assert_eq!(exchange.method, Method::PATCH);
         assert_eq!(
             exchange.path,
-            "/apis/reserve.coffeechain.io/v1alpha1/namespaces/ns/customers/alice/status"
+            "/apis/reserve.coffeechain.io/v1/namespaces/ns/customers/alice/status"
         );
         assert_eq!(
             exchange.body["metadata"]["resourceVersion"].as_str(),
@@ -397,37 +380,30 @@ mod tests {
     }
 
     #[test]
-    fn the_patch_names_every_status_field_so_nothing_stale_is_kept() {
-        let fields = status_fields::<CustomerStatus>();
-        for field in [
-            "score",
-            "level",
-            "nextLevel",
-            "settled",
-            "conditions",
-            "observedGeneration",
-        ] {
-            assert!(fields.iter().any(|f| f == field), "{field} in {fields:?}");
-        }
+    fn the_patch_puts_the_whole_status_in_place_so_nothing_stale_is_kept() {
         // A customer back at the top level has no next level, and no settled history.
         let diamond = CustomerStatus {
             score: 25,
             level: Some("Diamond".into()),
             ..Default::default()
         };
-        let patch = merge_patch(&diamond, &fields, "41");
-        assert_eq!(patch["metadata"], json!({ "resourceVersion": "41" }));
-        let status = patch["status"].as_object().unwrap();
-        assert_eq!(status["level"], "Diamond");
-        assert_eq!(status["score"], 25);
-        for gone in ["nextLevel", "pointsToNextLevel", "settled", "conditions"] {
-            assert_eq!(status[gone], Value::Null, "{gone} removed, not kept");
-        }
+        let patch = serde_json::to_value(status_patch(&diamond, "41")).unwrap();
         assert_eq!(
-            status.len(),
-            fields.len(),
-            "no field that is not the status's"
+            patch,
+            json!([
+                { "op": "replace", "path": "/metadata/resourceVersion", "value": "41" },
+                { "op": "add", "path": "/status", "value": serde_json::to_value(&diamond).unwrap() },
+            ])
         );
+        // Applied to a status with fields this version writes no more, or never knew (a newer
+        // version's), it leaves none of them.
+        let mut stored = json!({
+            "metadata": { "name": "alice", "resourceVersion": "41" },
+            "status": { "score": 20, "level": "Diamond", "nextLevel": "Gold",
+                        "settled": { "score": 3 }, "fromANewerVersion": { "x": 1 } },
+        });
+        json_patch::patch(&mut stored, &status_patch(&diamond, "41")).unwrap();
+        assert_eq!(stored["status"], serde_json::to_value(&diamond).unwrap());
     }
 
     #[tokio::test]

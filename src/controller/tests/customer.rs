@@ -20,8 +20,7 @@ use crate::{
     leader::Fence,
 };
 
-const STATUS_PATH: &str =
-    "/apis/reserve.coffeechain.io/v1alpha1/namespaces/shop/customers/alice/status";
+const STATUS_PATH: &str = "/apis/reserve.coffeechain.io/v1/namespaces/shop/customers/alice/status";
 
 /// Alice as cached at `version`, with the status the operator writes for no orders (Bronze).
 fn alice(ctx: &Context, version: &str) -> Arc<Customer> {
@@ -75,11 +74,11 @@ async fn status_write(server: &mut ApiServer, version: &str) -> Exchange {
         (write.method.clone(), write.path.as_str()),
         (Method::PATCH, STATUS_PATH)
     );
-    assert_eq!(write.content_type, "application/merge-patch+json");
+    assert_eq!(write.content_type, "application/json-patch+json");
     assert!(
         write.query.contains("fieldManager=reserve-operator")
             && write.query.contains("fieldValidation=Ignore"),
-        "a merge patch as the operator: {}",
+        "a JSON patch as the operator: {}",
         write.query
     );
     assert_eq!(
