@@ -253,6 +253,7 @@ async fn service_account_can_do_what_the_operator_needs_and_nothing_else() {
         // Settlement's rules come only with manifests/settlement.
         &["create", "ledgers.reserve.coffeechain.io", "-n", ns],
         &["update", "ledgers.reserve.coffeechain.io", "-n", ns],
+        &["patch", "ledgers.reserve.coffeechain.io", "-n", ns],
         &["delete", "ledgers.reserve.coffeechain.io", "-n", ns],
         &["create", "events", "-n", ns],
         &["patch", "events.events.k8s.io", "-n", ns],

@@ -39,7 +39,7 @@ use futures::{StreamExt, stream};
 use k8s_openapi::{api::core::v1::Namespace, jiff::Timestamp};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, PostParams, Preconditions},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions},
     runtime::{events::EventType, reflector::ObjectRef},
 };
 use tracing::{error, info, warn};
@@ -381,8 +381,8 @@ impl Settler {
             .map(|l| l.as_ref().clone())
     }
 
-    /// Creates or replaces (conditionally) the ledger of `key`, then waits until the watch
-    /// has shown the write to the index, so that no later step runs ahead of it.
+    /// Creates the ledger of `key`, or patches (conditionally) its spec, then waits until the
+    /// watch has shown the write to the index, so that no later step runs ahead of it.
     async fn write(
         &self,
         key: &CustomerKey,
@@ -391,19 +391,25 @@ impl Settler {
     ) -> Result<(), SettleError> {
         self.may_write()?;
         let api: Api<Ledger> = Api::namespaced(self.ctx.client().clone(), &key.namespace);
-        let mut ledger = Ledger::new(&key.name, spec);
-        ledger.metadata.namespace = Some(key.namespace.clone());
-        let params = PostParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PostParams::default()
-        };
         let what = format!("writing ledger {}/{}", key.namespace, key.name);
         let written = match current {
             Some(current) => {
-                ledger.metadata.resource_version = current.resource_version();
-                api.replace(&key.name, &params, &ledger).await
+                let patch = ledger_patch(&spec, &current.resource_version().unwrap_or_default());
+                let params = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                };
+                api.patch(&key.name, &params, &Patch::Merge(&patch)).await
             }
-            None => api.create(&params, &ledger).await,
+            None => {
+                let mut ledger = Ledger::new(&key.name, spec);
+                ledger.metadata.namespace = Some(key.namespace.clone());
+                let params = PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PostParams::default()
+                };
+                api.create(&params, &ledger).await
+            }
         }
         .map_err(api_error(what))?;
         let version = written.resource_version().unwrap_or_default();
@@ -469,4 +475,27 @@ impl Settler {
             std::process::abort();
         }
     }
+}
+
+/// The merge patch that makes a Ledger's spec `spec`, if the Ledger is still at
+/// `resource_version` (a stale one is refused with 409). Every field of the spec this version
+/// knows is named (null for one `spec` leaves out), and nothing else: what it does not know is
+/// kept, a newer version's fields (the Ledger is the only record of the settled orders: an
+/// older replica during a rollout, or after a downgrade, must not drop them) and the Ledger's
+/// labels and annotations (a backup tool's, a user's).
+fn ledger_patch(spec: &LedgerSpec, resource_version: &str) -> serde_json::Value {
+    let mut fields = serde_json::to_value(spec).unwrap_or_else(|_| serde_json::json!({}));
+    let schema = schemars::schema_for!(LedgerSpec);
+    let known = schema
+        .get("properties")
+        .and_then(serde_json::Value::as_object);
+    if let (Some(set), Some(known)) = (fields.as_object_mut(), known) {
+        for field in known.keys() {
+            set.entry(field.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    serde_json::json!({
+        "metadata": { "resourceVersion": resource_version },
+        "spec": fields,
+    })
 }
