@@ -10,15 +10,17 @@ use std::{
 use futures::StreamExt;
 use kube::{
     Api,
-    api::{Patch, PatchParams},
+    api::{Patch, PatchParams, PostParams},
     core::object::HasStatus,
     runtime::{WatchStreamExt, watcher},
 };
 use reserve_operator::{
-    crd::{Customer, Order, OrderState},
+    crd::{Customer, Ledger, LedgerSpec, Order, OrderState},
     loyalty::LevelPolicy,
 };
-use reserve_testkit::{ControlPlane, FAIL_AFTER, Shop, control_plane::text, eventually, until};
+use reserve_testkit::{
+    ControlPlane, FAIL_AFTER, Identity, Shop, control_plane::text, eventually, rbac, shop, until,
+};
 use serde_json::json;
 use tokio::sync::RwLock;
 
@@ -114,6 +116,52 @@ async fn only_the_operator_writes_status_and_a_snapshot_never_changes() {
     );
     let stored = shop.customers().get("alice").await.unwrap().status.unwrap();
     assert_eq!((stored.score, stored.level.as_deref()), (6, Some("Silver")));
+}
+
+/// Of the ServiceAccounts of the operator's namespace, only the operator's own writes: another
+/// one (a debug pod's, any other workload's), with every RBAC permission the operator has, is
+/// refused a status and a Ledger, and the refusal says who may.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_serviceaccount_of_the_operators_namespace_is_refused() {
+    let _shared = POLICY.read().await;
+    let shop = Shop::new("identity").await;
+    let (_, _operator) = shop.operator(&[]).await;
+    shop.customer("alice").await;
+    shop.expect_customer("alice", 0, "Bronze", (0, 0, 0)).await;
+    // A ServiceAccount of reserve-system, bound to the operator's roles, not among its writers.
+    let debug = Identity::service_account(shop::OPERATOR_NAMESPACE, &format!("{}-debug", shop.ns));
+    rbac::grant_cluster_role(&shop.admin, &debug, shop::OPERATOR_ROLE).await;
+    rbac::grant_cluster_role(&shop.admin, &debug, shop::SETTLEMENT_ROLE).await;
+    let as_debug = ControlPlane::shared().client_as(&debug).await;
+    let customers: Api<Customer> = Api::namespaced(as_debug.clone(), &shop.ns);
+    let (code, message) = refusal(forge(&customers, "alice", json!({ "score": 40 })).await);
+    println!("status by another ServiceAccount of reserve-system: {code} {message}");
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("reserve-operator-writers"), "{message}");
+    let ledgers: Api<Ledger> = Api::namespaced(as_debug, &shop.ns);
+    let forged = Ledger::new(
+        "alice",
+        LedgerSpec {
+            score: 40,
+            ..LedgerSpec::default()
+        },
+    );
+    let created = ledgers
+        .create(&PostParams::default(), &forged)
+        .await
+        .map(drop);
+    let (code, message) = refusal(created);
+    println!("ledger by another ServiceAccount of reserve-system: {code} {message}");
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("reserve-operator-writers"), "{message}");
+    // Named a writer, the same account is the operator's equal.
+    shop::name_as_writer(&shop.admin, &debug).await;
+    eventually(
+        POLICY_PROPAGATION,
+        "the policy to know the new writer",
+        || async { ledgers.create(&PostParams::default(), &forged).await.ok() },
+    )
+    .await;
 }
 
 /// Puts the policy's binding back, even when the test fails.

@@ -60,12 +60,35 @@ pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
         .name_any()
 }
 
-/// An identity for an operator: a ServiceAccount name of the operator's namespace (the status
-/// policy lets only those write), bound to the shipped ClusterRole.
+/// An identity for an operator: a ServiceAccount of the operator's namespace, named among the
+/// operator's writers (the admission policies let only those write status and Ledgers), bound
+/// to the shipped ClusterRole.
 pub async fn operator_identity(admin: &Client, name: &str) -> Identity {
     let identity = Identity::service_account(OPERATOR_NAMESPACE, name);
     rbac::grant_cluster_role(admin, &identity, OPERATOR_ROLE).await;
+    name_as_writer(admin, &identity).await;
     identity
+}
+
+/// The ConfigMap that names the operator's identities to the admission policies.
+pub const WRITERS: &str = "reserve-operator-writers";
+
+/// Adds `identity` to the operator's writers: a key of its own in the ConfigMap, applied
+/// server-side under a field manager of its own, so tests that add theirs at once never
+/// conflict.
+pub async fn name_as_writer(admin: &Client, identity: &Identity) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let key = identity.object_name();
+    let patch = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": WRITERS, "namespace": OPERATOR_NAMESPACE },
+        "data": { key.clone(): identity.user },
+    });
+    let params = PatchParams::apply(&format!("writer-{key}")).force();
+    Api::<ConfigMap>::namespaced(admin.clone(), OPERATOR_NAMESPACE)
+        .patch(WRITERS, &params, &Patch::Apply(&patch))
+        .await
+        .expect("name the identity among the operator's writers");
 }
 
 /// Lets `identity` hold the Lease in `namespace`: the shipped Role, copied there.

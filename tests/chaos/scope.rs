@@ -11,6 +11,7 @@ async fn a_missing_permission_is_reported_not_crashed_on() {
         reserve_testkit::shop::OPERATOR_NAMESPACE,
         &format!("{}-limited", shop.ns),
     );
+    reserve_testkit::shop::name_as_writer(&shop.admin, &identity).await;
     // Everything the operator needs but the permission to write Order status.
     let role = format!(
         r#"{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{{"name":"{0}"}},"rules":[
@@ -79,6 +80,7 @@ async fn deleting_everything_in_a_namespace_under_load_disturbs_no_other_namespa
         reserve_testkit::shop::OPERATOR_NAMESPACE,
         &format!("{}-ns", doomed.ns),
     );
+    reserve_testkit::shop::name_as_writer(&doomed.admin, &identity).await;
     for shop in [&doomed, &kept] {
         rbac::grant_in_namespace(
             &shop.admin,

@@ -308,8 +308,8 @@ impl ControlPlane {
     }
 
     /// Installs the API (`manifests/crds`: the CRDs and their status policy) and the
-    /// operator's namespace, ServiceAccount and RBAC from `manifests/operator` with the real
-    /// kubectl, and waits until the CRDs serve.
+    /// operator's namespace, ServiceAccount, writers (who the policies take for the operator)
+    /// and RBAC from `manifests/operator` with the real kubectl, and waits until the CRDs serve.
     pub fn install(&self) -> Result<(), String> {
         let root = tools::repo_root();
         let crds = root.join("manifests/crds").display().to_string();
@@ -319,12 +319,17 @@ impl ControlPlane {
         }
         let operator = root.join("manifests/operator");
         // Settlement's ClusterRole too (unbound: tests bind it to the identities that settle).
-        let files: Vec<String> = ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"]
-            .iter()
-            .map(|f| operator.join(f))
-            .chain([root.join("manifests/settlement/clusterrole.yaml")])
-            .map(|f| f.display().to_string())
-            .collect();
+        let files: Vec<String> = [
+            "namespace.yaml",
+            "serviceaccount.yaml",
+            "writers.yaml",
+            "rbac.yaml",
+        ]
+        .iter()
+        .map(|f| operator.join(f))
+        .chain([root.join("manifests/settlement/clusterrole.yaml")])
+        .map(|f| f.display().to_string())
+        .collect();
         let mut args = vec!["apply", "--server-side", "--force-conflicts"];
         for file in &files {
             args.extend(["-f", file.as_str()]);
