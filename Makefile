@@ -7,9 +7,10 @@ CARGO ?= cargo
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
-test: tools lint ## build the tools and the image if missing, lint, run every test (the node tests need root)
+test: tools lint ## build the tools, the image and the previous release if missing, lint, run every test (the node tests need root)
 	@if command -v buildah >/dev/null; then hack/image.sh operator >/dev/null; \
 	  else echo "note: no buildah here: the image and node tests will say they are skipped"; fi
+	@hack/previous-release.sh >/dev/null
 	$(CARGO) test --workspace --no-fail-fast
 
 test-unit: ## the tests that need no cluster: pure rules, the reconcile tier (a scripted API server), the CLI, generated files

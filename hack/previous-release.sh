@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The previous release of the operator, built from this repository's own history, for the
 # upgrade and downgrade tests: the commit pinned below, extracted under the target directory,
-# its package renamed (so its binary, reserve-operator-<version>, sits beside this tree's) and
+# its package renamed (so its binary, reserve-operator-previous, sits beside this tree's) and
 # built into this tree's target directory. Its Cargo.lock pins the same crates as this tree's,
 # so only its own crate compiles: minutes, not a second cold build. Prints the binary's path.
 #
@@ -29,7 +29,7 @@ esac
 target=${CARGO_TARGET_DIR:-$repo/target}
 [[ $target = /* ]] || target=$repo/$target
 src=$target/previous/$PREVIOUS_VERSION
-bin=reserve-operator-$PREVIOUS_VERSION
+bin=reserve-operator-previous
 
 if [[ ! -f $src/.extracted ]]; then
   git -C "$repo" cat-file -e "$PREVIOUS_COMMIT^{commit}" 2>/dev/null || {

@@ -13,7 +13,7 @@ cd "$repo"
 if [[ ${INSTALL:-0} == 1 ]]; then
   kubectl apply --server-side -k manifests/crds
   kubectl apply --server-side -f manifests/operator/namespace.yaml \
-    -f manifests/operator/serviceaccount.yaml -f manifests/operator/writers.yaml \
+    -f manifests/operator/serviceaccount.yaml \
     -f manifests/operator/rbac.yaml
 fi
 

@@ -21,13 +21,19 @@ pub struct Cli {
 pub enum Command {
     /// Run the controllers against the cluster of the current kubeconfig (or in-cluster config).
     Run(RunArgs),
-    /// Print both CustomResourceDefinitions as YAML (the content of manifests/crds/).
+    /// Print the CustomResourceDefinitions (Customer, Order, Ledger) as YAML (manifests/crds/crds.yaml).
     Crds,
     /// Put back, on a cluster that lost them, the Ledgers, Customers and Orders of FILE (what
     /// `kubectl get ledgers,customers,orders -o json` saved), with what only the operator
     /// writes: each Order's level snapshot and each Customer's status. Acts as a restore
     /// identity of the admission policies (see --as, --as-group).
     Restore(RestoreArgs),
+    /// After an upgrade from 0.1.0 (which stored v1alpha1): write every Customer, Order and
+    /// Ledger again in the version stored now (v1), then set each CRD's status.storedVersions
+    /// to v1 alone. For clusters without the in-tree storage version migration (Kubernetes
+    /// 1.37 has it: apply manifests/migration instead). Safe to run while the operator runs
+    /// and to run again.
+    MigrateStorage,
 }
 
 #[derive(Args, Debug, Clone)]

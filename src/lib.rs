@@ -8,6 +8,7 @@ pub mod crd;
 pub mod leader;
 pub mod loyalty;
 pub mod metrics;
+pub mod migrate;
 pub mod operator;
 pub mod probe;
 pub mod runtime_ext;

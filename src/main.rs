@@ -4,7 +4,7 @@ use clap::Parser;
 use reserve_operator::{
     backup,
     cli::{Cli, Command, LogFormat, RestoreArgs, RunArgs},
-    operator,
+    migrate, operator,
 };
 use tracing::{error, info};
 
@@ -26,6 +26,17 @@ fn main() -> ExitCode {
             match runtime.block_on(restore(args)) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
+                Err(message) => {
+                    error!("{message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::MigrateStorage => {
+            init_logging(LogFormat::Text);
+            let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
+            match runtime.block_on(migrate_storage()) {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {
                     error!("{message}");
                     ExitCode::FAILURE
@@ -95,6 +106,27 @@ async fn restore(args: RestoreArgs) -> Result<bool, String> {
         println!("not restored: {problem}");
     }
     Ok(report.is_complete())
+}
+
+/// Writes every object again in the stored version; prints what it did per kind.
+async fn migrate_storage() -> Result<(), String> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+    for kind in migrate::migrate(&client).await? {
+        println!(
+            "{}: {} objects, {} written again, {} written by someone else meanwhile, {} gone; \
+             stored versions {:?} ({:.1}s)",
+            kind.plural,
+            kind.objects,
+            kind.rewritten,
+            kind.changed_meanwhile,
+            kind.gone,
+            kind.stored_versions,
+            kind.seconds
+        );
+    }
+    Ok(())
 }
 
 /// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.

@@ -16,6 +16,10 @@ async fn manifests_pass_server_side_dry_run_and_grant_exactly_the_documented_rul
         "customresourcedefinition.apiextensions.k8s.io/ledgers.reserve.coffeechain.io",
         "validatingadmissionpolicy.admissionregistration.k8s.io/reserve-operator-ledgers",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/reserve-operator-ledgers",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/reserve-operator-identity",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/reserve-operator-identity",
+        "namespace/reserve-system",
+        "configmap/reserve-operator-writers",
     ] {
         assert!(listed.contains(object), "{object} missing from\n{listed}");
     }

@@ -135,6 +135,18 @@ impl ControlPlane {
     /// Starts etcd and kube-apiserver on free loopback ports and installs the CRDs.
     pub fn start(options: Options) -> Result<ControlPlane, String> {
         let began = Instant::now();
+        let cp = Self::start_empty(options)?;
+        cp.install()?;
+        Ok(ControlPlane {
+            startup: began.elapsed(),
+            ..cp
+        })
+    }
+
+    /// Starts etcd and kube-apiserver on free loopback ports, with nothing installed (an
+    /// upgrade test installs an earlier release's API first).
+    pub fn start_empty(options: Options) -> Result<ControlPlane, String> {
+        let began = Instant::now();
         let bin = tools::bin_dir()?.to_path_buf();
         let dir = options.dir;
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -258,7 +270,6 @@ impl ControlPlane {
         cp.start_etcd()?;
         cp.start_apiserver()?;
         cp.save_state()?;
-        cp.install()?;
         Ok(ControlPlane {
             startup: began.elapsed(),
             ..cp
@@ -308,8 +319,8 @@ impl ControlPlane {
     }
 
     /// Installs the API (`manifests/crds`: the CRDs and their status policy) and the
-    /// operator's namespace, ServiceAccount, writers (who the policies take for the operator)
-    /// and RBAC from `manifests/operator` with the real kubectl, and waits until the CRDs serve.
+    /// operator's ServiceAccount and RBAC from `manifests/operator` with the real kubectl, and
+    /// waits until the CRDs serve.
     pub fn install(&self) -> Result<(), String> {
         let root = tools::repo_root();
         let crds = root.join("manifests/crds").display().to_string();
@@ -319,17 +330,12 @@ impl ControlPlane {
         }
         let operator = root.join("manifests/operator");
         // Settlement's ClusterRole too (unbound: tests bind it to the identities that settle).
-        let files: Vec<String> = [
-            "namespace.yaml",
-            "serviceaccount.yaml",
-            "writers.yaml",
-            "rbac.yaml",
-        ]
-        .iter()
-        .map(|f| operator.join(f))
-        .chain([root.join("manifests/settlement/clusterrole.yaml")])
-        .map(|f| f.display().to_string())
-        .collect();
+        let files: Vec<String> = ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"]
+            .iter()
+            .map(|f| operator.join(f))
+            .chain([root.join("manifests/settlement/clusterrole.yaml")])
+            .map(|f| f.display().to_string())
+            .collect();
         let mut args = vec!["apply", "--server-side", "--force-conflicts"];
         for file in &files {
             args.extend(["-f", file.as_str()]);

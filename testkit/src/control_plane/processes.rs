@@ -222,3 +222,34 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
         .then_some(())
         .ok_or_else(|| format!("cp -a {} {}: {}", from.display(), to.display(), text(&out)))
 }
+
+impl ControlPlane {
+    /// kube-controller-manager running only `controllers` (its `--controllers` list), e.g. the
+    /// storage version migrator, against this control plane as its admin. Stop it with
+    /// [`Proc::stop`]; the test process's end stops it otherwise.
+    pub fn controller_manager(&self, controllers: &str) -> Result<Proc, String> {
+        let local = self.local("controller_manager()");
+        let bin = crate::tools::node_bin_dir()?;
+        let admin = self.kubeconfig().display().to_string();
+        let ca = local.dir.join(crate::certs::CA_CERT).display().to_string();
+        let key = local.dir.join(crate::certs::SERVICE_ACCOUNT_KEY);
+        Proc::spawn(
+            Command::new(bin.join("kube-controller-manager")).args([
+                format!("--kubeconfig={admin}"),
+                format!("--authentication-kubeconfig={admin}"),
+                format!("--authorization-kubeconfig={admin}"),
+                format!("--root-ca-file={ca}"),
+                format!("--service-account-private-key-file={}", key.display()),
+                format!("--controllers={controllers}"),
+                "--leader-elect=false".into(),
+                "--use-service-account-credentials=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={}", crate::free_port()),
+                "--v=1".into(),
+            ]),
+            &local.dir.join("kube-controller-manager.log"),
+            local.lifetime,
+        )
+        .map_err(|e| format!("starting kube-controller-manager: {e}"))
+    }
+}
