@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# reserve-operator image: `docker build -t reserve-operator:0.1.0 .` (the tag is the crate
+# reserve-operator image: `docker build -t reserve-operator:0.2.0 .` (the tag is the crate
 # version, as in manifests/operator). Without Docker, `make image` builds the same image (same
 # user, entrypoint, command and port; a test checks) with buildah.
 # The result runs as UID 65532 with no shell and no package manager.

@@ -17,7 +17,7 @@ fn committed_crds_match_the_rust_types() {
     .unwrap();
     assert!(
         printed.stdout == committed,
-        "manifests/crds/crds.yaml is out of date with src/crd/: run `make crds` and commit the result"
+        "manifests/crds/crds.yaml is out of date with src/crd/: run `make generate` and commit the result"
     );
     assert_eq!(
         String::from_utf8(printed.stdout).unwrap(),
@@ -71,4 +71,26 @@ fn the_chart_carries_the_same_files_as_manifests() {
             "charts/reserve-operator/files/{chart} differs from {manifest}: run `make generate`"
         );
     }
+}
+
+/// The versions a user reads in the chart are the code's: the chart's version and appVersion
+/// are the crate's, and its kubeVersion is the oldest Kubernetes the operator runs on.
+#[test]
+fn the_chart_states_the_versions_the_code_has() {
+    let chart = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/reserve-operator/Chart.yaml"
+    ))
+    .unwrap();
+    let field = |name: &str| {
+        chart
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(|v| v.trim_matches('"').to_owned())
+            .unwrap_or_else(|| panic!("Chart.yaml has no {name}"))
+    };
+    assert_eq!(field("version"), env!("CARGO_PKG_VERSION"));
+    assert_eq!(field("appVersion"), env!("CARGO_PKG_VERSION"));
+    let (major, minor) = reserve_operator::operator::MIN_KUBERNETES;
+    assert_eq!(field("kubeVersion"), format!(">={major}.{minor}.0-0"));
 }

@@ -411,8 +411,8 @@ fn wait_for(timeout: Duration, what: &str, done: impl Fn() -> bool) -> Result<()
     Ok(())
 }
 
-/// Imports an OCI archive, under the names the kubelet looks for: `reserve-operator:0.1.0` is
-/// `docker.io/library/reserve-operator:0.1.0` to it.
+/// Imports an OCI archive, under the names the kubelet looks for: `reserve-operator:0.2.0` is
+/// `docker.io/library/reserve-operator:0.2.0` to it.
 fn import(socket: &Path, archive: &Path) -> Result<(), String> {
     let socket = socket.display().to_string();
     let ctr = |args: &[&str]| {

@@ -183,7 +183,7 @@ impl Cluster {
             "as-root",
             "-n",
             SYSTEM,
-            "--image=reserve-operator:0.1.0",
+            &format!("--image=reserve-operator:{}", env!("CARGO_PKG_VERSION")),
             "--image-pull-policy=Never",
             "--overrides",
             r#"{"spec":{"securityContext":{"runAsUser":0}}}"#,

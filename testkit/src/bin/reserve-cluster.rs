@@ -7,7 +7,7 @@
 //! reserve-cluster env    # prints `export KUBECONFIG=... PATH=...`
 //! reserve-cluster down   # stop it (by its recorded pids) and delete its data
 //!
-//! reserve-cluster up --node --image target/image/reserve-operator-0.1.0.oci.tar
+//! reserve-cluster up --node --image target/image/reserve-operator-0.2.0.oci.tar
 //!                        # a control plane able to host pods plus one node (root); `down` tears
 //!                        # everything down and says what, if anything, was left behind
 //! ```
