@@ -119,6 +119,19 @@ impl Launch {
     }
 }
 
+/// Which of `replicas` reports that it leads, once one does.
+pub async fn leader_of(replicas: &[&OperatorProcess]) -> usize {
+    crate::eventually(crate::FAIL_AFTER, "a leader", || async {
+        for (i, replica) in replicas.iter().enumerate() {
+            if replica.probe().is_leader().await == Some(true) {
+                return Some(i);
+            }
+        }
+        None
+    })
+    .await
+}
+
 impl OperatorProcess {
     pub fn pid(&self) -> u32 {
         self.proc.pid()

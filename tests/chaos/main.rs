@@ -112,13 +112,5 @@ fn replica(identity: &Identity, name: &str, ns: &str, lease_ns: &str) -> Operato
 
 /// Which of `replicas` reports that it leads, once one does.
 async fn leader_of(replicas: &[OperatorProcess]) -> usize {
-    eventually(FAIL_AFTER, "a leader", || async {
-        for (i, replica) in replicas.iter().enumerate() {
-            if replica.probe().is_leader().await == Some(true) {
-                return Some(i);
-            }
-        }
-        None
-    })
-    .await
+    reserve_testkit::operator::leader_of(&replicas.iter().collect::<Vec<_>>()).await
 }

@@ -97,38 +97,10 @@ fn with_previous_api(name: &str, previous: &Previous) -> ControlPlane {
     cp
 }
 
-/// `kubectl apply` of the API and the operator's RBAC from the tree at `root`, as an upgrade
-/// applies them: the API first (server-side), then the operator's rules.
+/// The API and the operator's RBAC from the tree at `root`, applied as an upgrade applies them.
 fn install_api(cp: &ControlPlane, root: &Path) {
-    let crds = root.join("manifests/crds").display().to_string();
-    let out = cp.kubectl(&["apply", "--server-side", "--force-conflicts", "-k", &crds]);
-    assert!(
-        out.status.success(),
-        "kubectl apply -k {crds}: {}",
-        text(&out)
-    );
-    let file = |f: &str| root.join(f).display().to_string();
-    let files = [
-        file("manifests/operator/namespace.yaml"),
-        file("manifests/operator/serviceaccount.yaml"),
-        file("manifests/operator/rbac.yaml"),
-        file("manifests/settlement/clusterrole.yaml"),
-    ];
-    let mut args = vec!["apply", "--server-side", "--force-conflicts"];
-    for f in &files {
-        args.extend(["-f", f.as_str()]);
-    }
-    let out = cp.kubectl(&args);
-    assert!(out.status.success(), "kubectl apply: {}", text(&out));
-    let out = cp.kubectl(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=60s",
-        "crd/customers.reserve.coffeechain.io",
-        "crd/orders.reserve.coffeechain.io",
-        "crd/ledgers.reserve.coffeechain.io",
-    ]);
-    assert!(out.status.success(), "CRDs not established: {}", text(&out));
+    cp.install_from(root)
+        .unwrap_or_else(|e| panic!("installing {}: {e}", root.display()));
 }
 
 /// A namespace that settles on this control plane, and a place for the Lease.

@@ -139,18 +139,6 @@ async fn first_steps(driver: &Driver, plan: &Plan) -> Result<usize, String> {
     Ok(plan.orders.len() + first.len())
 }
 
-async fn leader_of(replicas: &[&OperatorProcess]) -> usize {
-    eventually(FAIL_AFTER, "a leader", || async {
-        for (i, replica) in replicas.iter().enumerate() {
-            if replica.probe().is_leader().await == Some(true) {
-                return Some(i);
-            }
-        }
-        None
-    })
-    .await
-}
-
 async fn ready(replica: &OperatorProcess) {
     let probe = replica.probe().clone();
     eventually(FAIL_AFTER, "a replica ready", || async {
@@ -206,7 +194,7 @@ async fn previous_to_this_release_api_first_then_replica_by_replica_under_load_a
         launch(&previous.bin, 0, "old-a"),
         launch(&previous.bin, 1, "old-b"),
     ];
-    let first = leader_of(&[&old[0], &old[1]]).await;
+    let first = reserve_testkit::operator::leader_of(&[&old[0], &old[1]]).await;
     println!(
         "previous release {}: old-{} leads",
         previous.version,

@@ -322,7 +322,12 @@ impl ControlPlane {
     /// operator's ServiceAccount and RBAC from `manifests/operator` with the real kubectl, and
     /// waits until the CRDs serve.
     pub fn install(&self) -> Result<(), String> {
-        let root = tools::repo_root();
+        self.install_from(tools::repo_root())
+    }
+
+    /// [`install`](Self::install) from the tree at `root` (an earlier release's, for the
+    /// upgrade tests), as an upgrade applies it: over whatever is installed.
+    pub fn install_from(&self, root: &Path) -> Result<(), String> {
         let crds = root.join("manifests/crds").display().to_string();
         let out = self.kubectl(&["apply", "--server-side", "--force-conflicts", "-k", &crds]);
         if !out.status.success() {
