@@ -140,20 +140,13 @@ impl Freshness {
         self.lists().unverified[kind as usize] = false;
     }
 
-    /// The kinds whose watch failed and has not resumed, each with the newest version of the
-    /// store known before: what its watch showed, or an earlier probe read (a watch that failed
-    /// by losing its connection never said how far it had got, and the store it comes back to
-    /// may hold the newest object it showed and still be a restored one, behind the probes).
+    /// The kinds whose watch failed and has not resumed, with the newest version each showed.
     pub fn unverified(&self) -> Vec<(Watched, u64)> {
         let lists = self.lists();
         Watched::ALL
             .into_iter()
             .filter(|kind| lists.unverified[*kind as usize])
-            .map(|kind| {
-                let seen = self.seen[kind as usize].load(Ordering::Relaxed);
-                let probed = self.probed[kind as usize].load(Ordering::Relaxed);
-                (kind, seen.max(probed))
-            })
+            .map(|kind| (kind, self.seen[kind as usize].load(Ordering::Relaxed)))
             .collect()
     }
 
@@ -316,12 +309,6 @@ mod tests {
         freshness.resumed(Watched::Ledgers);
         assert!(freshness.consistent());
         assert_eq!(asked_to_relist(&freshness), []);
-        // Probed at 120 before the watch lost its connection: the store it comes back to must
-        // hold 120, not only the 90 the watch showed.
-        assert_eq!(freshness.check(Watched::Ledgers, "120", 90), None);
-        freshness.watch_failed(Watched::Ledgers);
-        assert_eq!(freshness.unverified(), [(Watched::Ledgers, 120)]);
-        freshness.resumed(Watched::Ledgers);
         // The store does not hold version 90 any more: every watch lists again.
         freshness.watch_failed(Watched::Ledgers);
         freshness.lost_history(Watched::Ledgers);

@@ -153,12 +153,33 @@ async fn run_watch<K: feed::Watchable>(
 /// At once, then every [`freshness::PERIOD`] (every second while a watch has failed and not
 /// resumed) and whenever a watch has listed: compares each kind's current resourceVersion in
 /// the store (a LIST of one item) with the newest its watch has shown and the newest an
-/// earlier probe read, and, for a watch that failed, whether the store still holds that
-/// version.
+/// earlier probe read; then, for a watch that failed, whether the store still holds the
+/// version it showed. A failed watch resumes only on a store whose current version was read
+/// in the same round and found not behind: a restored store can hold the newest object a watch
+/// showed and still be behind (it then said ready for a moment before noticing).
 async fn check_freshness(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
     let namespace = namespace.as_deref();
     loop {
+        let mut not_behind = [false; 3];
+        for kind in Watched::ALL {
+            let seen_before = ctx.freshness.seen(kind);
+            let version = match kind {
+                Watched::Customers => current_version(&api::<Customer>(&client, namespace)).await,
+                Watched::Orders => current_version(&api::<Order>(&client, namespace)).await,
+                Watched::Ledgers => current_version(&api::<Ledger>(&client, namespace)).await,
+            };
+            let Some(version) = version else { continue };
+            if let Some(seen) = ctx.freshness.check(kind, &version, seen_before) {
+                warn!(?kind, %version, seen, "the store's version is below what it was before");
+                ctx.readiness.went_back(kind, &version, seen);
+            } else {
+                not_behind[kind as usize] = true;
+            }
+        }
         for (kind, seen) in ctx.freshness.unverified() {
+            if !not_behind[kind as usize] {
+                continue;
+            }
             let held = match kind {
                 Watched::Customers => holds(&api::<Customer>(&client, namespace), seen).await,
                 Watched::Orders => holds(&api::<Order>(&client, namespace), seen).await,
@@ -183,19 +204,6 @@ async fn check_freshness(client: Client, namespace: Option<String>, ctx: Arc<Con
                 None => {}
             }
         }
-        for kind in Watched::ALL {
-            let seen_before = ctx.freshness.seen(kind);
-            let version = match kind {
-                Watched::Customers => current_version(&api::<Customer>(&client, namespace)).await,
-                Watched::Orders => current_version(&api::<Order>(&client, namespace)).await,
-                Watched::Ledgers => current_version(&api::<Ledger>(&client, namespace)).await,
-            };
-            let Some(version) = version else { continue };
-            if let Some(seen) = ctx.freshness.check(kind, &version, seen_before) {
-                warn!(?kind, %version, seen, "the store's version is below what it was before");
-                ctx.readiness.went_back(kind, &version, seen);
-            }
-        }
         let period = if ctx.freshness.consistent() {
             freshness::PERIOD
         } else {
@@ -208,16 +216,24 @@ async fn check_freshness(client: Client, namespace: Option<String>, ctx: Arc<Con
     }
 }
 
+/// How long one probe of the store may take: kube's client retries a 504 (which a read at a
+/// version the store has not reached gets) for minutes, and the probe must go on meanwhile.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The store's current resourceVersion for `api`'s kind, if the API server answers.
 async fn current_version<K>(api: &Api<K>) -> Option<String>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let one = kube::api::ListParams::default().limit(1);
-    match api.list_metadata(&one).await {
-        Ok(list) => list.metadata.resource_version,
-        Err(error) => {
+    match tokio::time::timeout(PROBE_TIMEOUT, api.list_metadata(&one)).await {
+        Ok(Ok(list)) => list.metadata.resource_version,
+        Ok(Err(error)) => {
             debug!(%error, "could not read the store's current version");
+            None
+        }
+        Err(_) => {
+            debug!("no answer to a probe of the store's current version");
             None
         }
     }
@@ -237,7 +253,11 @@ where
         .limit(1)
         .at(&seen.to_string())
         .matching(kube::api::VersionMatch::Exact);
-    match api.list_metadata(&exact).await {
+    let Ok(answer) = tokio::time::timeout(PROBE_TIMEOUT, api.list_metadata(&exact)).await else {
+        debug!("no answer to whether the store still holds the version seen");
+        return None;
+    };
+    match answer {
         Ok(_) => Some(true),
         // Gone (compacted), or too large (the store has not reached it).
         Err(kube::Error::Api(status))
