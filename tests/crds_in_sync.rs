@@ -58,6 +58,7 @@ fn the_chart_carries_the_same_files_as_manifests() {
     let root = env!("CARGO_MANIFEST_DIR");
     for (chart, manifest) in [
         ("crds.yaml", "manifests/crds/crds.yaml"),
+        ("roles.yaml", "manifests/crds/roles.yaml"),
         (
             "prometheusrule.yaml",
             "manifests/monitoring/prometheusrule.yaml",

@@ -1,12 +1,9 @@
 //! The operator as the ecosystem's own tools see it: kstatus (cli-utils, as Flux uses it) and
-//! Argo CD's health checks on live objects, the Helm chart (helm lint, server-side dry run, the
-//! same RBAC as the kustomize base), Prometheus (promtool on /metrics and on the alert rules),
-//! and the kustomize bases with their versioned image.
+//! Argo CD's health checks on live objects, Prometheus (promtool on /metrics and on the alert
+//! rules); the Helm chart and the kustomize bases (`chart`); Kubernetes' own roles for people
+//! (`roles`).
 
-use std::{
-    collections::BTreeSet,
-    process::{Command, Output, Stdio},
-};
+use std::process::{Command, Output, Stdio};
 
 use kube::{
     Api,
@@ -15,6 +12,9 @@ use kube::{
 use reserve_operator::crd::{Customer, Order, OrderState};
 use reserve_testkit::{ControlPlane, Shop, control_plane::text, tools::ecosystem_bin_dir};
 use serde_json::{Value, json};
+
+mod chart;
+mod roles;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -255,220 +255,4 @@ async fn promtool_finds_nothing_to_say_about_the_metrics_or_the_alert_rules() {
         "{}",
         text(&out)
     );
-}
-
-fn helm(args: &[&str]) -> Output {
-    let mut command = tool("helm");
-    command.args(args).env(
-        "HELM_CACHE_HOME",
-        reserve_testkit::watchdog().dir().join("helm"),
-    );
-    run(command, None)
-}
-
-/// `group/resource[names]:verb` of every rule of the objects of `kind` in a YAML stream.
-fn rules_of(stream: &str, kind: &str) -> BTreeSet<String> {
-    let mut rules = BTreeSet::new();
-    for item in objects(stream).iter().filter(|i| i["kind"] == kind) {
-        for rule in item["rules"].as_array().into_iter().flatten() {
-            let names: Vec<&str> = rule["resourceNames"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            for group in rule["apiGroups"].as_array().into_iter().flatten() {
-                for resource in rule["resources"].as_array().into_iter().flatten() {
-                    for verb in rule["verbs"].as_array().into_iter().flatten() {
-                        rules.insert(format!(
-                            "{}/{}[{}]:{}",
-                            group.as_str().unwrap(),
-                            resource.as_str().unwrap(),
-                            names.join(","),
-                            verb.as_str().unwrap()
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    rules
-}
-
-#[test]
-fn the_helm_chart_lints_applies_and_grants_what_the_kustomize_base_grants() {
-    let cp = ControlPlane::shared();
-    let chart = format!("{REPO}/charts/reserve-operator");
-    let out = helm(&["lint", "--strict", &chart]);
-    assert!(out.status.success(), "helm lint:\n{}", text(&out));
-
-    let out = helm(&[
-        "template",
-        "reserve",
-        &chart,
-        "--namespace",
-        "reserve-system",
-    ]);
-    assert!(out.status.success(), "helm template:\n{}", text(&out));
-    let rendered = String::from_utf8(out.stdout).unwrap();
-    let out = cp.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &rendered);
-    assert!(
-        out.status.success(),
-        "the chart does not apply:\n{}",
-        text(&out)
-    );
-    assert!(
-        rendered.contains("helm.sh/resource-policy: keep"),
-        "the CRDs must outlive the release"
-    );
-
-    let out = cp.kubectl(&["kustomize", &format!("{REPO}/manifests/operator")]);
-    assert!(out.status.success(), "{}", text(&out));
-    let base = String::from_utf8(out.stdout).unwrap();
-    for kind in ["ClusterRole", "Role"] {
-        let (chart, kustomize) = (rules_of(&rendered, kind), rules_of(&base, kind));
-        assert!(!chart.is_empty());
-        assert_eq!(
-            chart, kustomize,
-            "{kind} rules of the chart and of manifests/operator differ"
-        );
-    }
-
-    // Settlement: off by default; switched on, the chart grants what manifests/settlement
-    // grants, and sets the same configuration.
-    assert!(
-        !rendered.contains("reserve-operator-settlement")
-            && !rendered.contains("RESERVE_SETTLE_AFTER")
-    );
-    let out = helm(&[
-        "template",
-        "reserve",
-        &chart,
-        "--namespace",
-        "reserve-system",
-        "--set",
-        "settlement.enabled=true,settlement.settleAfter=14d",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let settling = String::from_utf8(out.stdout).unwrap();
-    let out = cp.kubectl(&["kustomize", &format!("{REPO}/examples/kustomize/settled")]);
-    assert!(out.status.success(), "{}", text(&out));
-    let settled_base = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(
-        rules_of(&settling, "ClusterRole"),
-        rules_of(&settled_base, "ClusterRole"),
-        "settlement rules of the chart and of manifests/settlement differ"
-    );
-    assert!(
-        rules_of(&settled_base, "ClusterRole").contains("reserve.coffeechain.io/orders[]:delete")
-    );
-    for config in [&settling, &settled_base] {
-        assert!(
-            config.contains("RESERVE_SETTLE_AFTER: 14d")
-                || config.contains("RESERVE_SETTLE_AFTER: \"14d\""),
-            "{config}"
-        );
-    }
-    let out = cp.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &settling);
-    assert!(out.status.success(), "{}", text(&out));
-
-    // Installed elsewhere, the status policy and the FlowSchema follow the namespace.
-    let out = helm(&[
-        "template",
-        "reserve",
-        &chart,
-        "--namespace",
-        "loyalty",
-        "--set",
-        "watchNamespace=shops",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let elsewhere = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        elsewhere.contains("'system:serviceaccounts:loyalty' in request.userInfo.groups"),
-        "{elsewhere}"
-    );
-    assert!(elsewhere.contains("namespace: loyalty"));
-    assert!(elsewhere.contains("RESERVE_NAMESPACE: \"shops\""));
-    assert!(
-        !elsewhere.contains("kind: ClusterRole\n"),
-        "watching one namespace needs no ClusterRole"
-    );
-
-    // Monitoring, when switched on.
-    let out = helm(&[
-        "template",
-        "reserve",
-        &chart,
-        "--set",
-        "monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.dashboard.enabled=true",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let monitored = String::from_utf8(out.stdout).unwrap();
-    for kind in [
-        "kind: ServiceMonitor",
-        "kind: PrometheusRule",
-        "grafana_dashboard: \"1\"",
-        "alert: ReserveOperatorNoLeader",
-    ] {
-        assert!(monitored.contains(kind), "{kind} missing");
-    }
-}
-
-#[test]
-fn the_kustomize_bases_pin_the_image_and_render_with_monitoring() {
-    let cp = ControlPlane::shared();
-    let version = env!("CARGO_PKG_VERSION");
-    let out = cp.kubectl(&["kustomize", &format!("{REPO}/manifests/operator")]);
-    assert!(out.status.success(), "{}", text(&out));
-    let base = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        base.contains(&format!("image: reserve-operator:{version}")),
-        "the image is not pinned to {version}"
-    );
-    assert!(!base.contains(":latest"));
-    let objects = objects(&base);
-    for kind in [
-        "PodDisruptionBudget",
-        "NetworkPolicy",
-        "FlowSchema",
-        "PriorityLevelConfiguration",
-    ] {
-        assert!(
-            objects.iter().any(|o| o["kind"] == kind),
-            "{kind} missing from the base"
-        );
-    }
-    // Every fieldRef names its apiVersion, as server-side apply wants.
-    let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
-    for env in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
-        .as_array()
-        .unwrap()
-    {
-        if let Some(field) = env["valueFrom"].get("fieldRef") {
-            assert_eq!(field["apiVersion"], "v1", "{env}");
-        }
-    }
-    let chart =
-        std::fs::read_to_string(format!("{REPO}/charts/reserve-operator/Chart.yaml")).unwrap();
-    assert!(
-        chart.contains(&format!("version: {version}\n"))
-            && chart.contains(&format!("appVersion: \"{version}\"")),
-        "{chart}"
-    );
-
-    // The example overlay: the base plus the monitoring component and a registry's image.
-    let out = cp.kubectl(&["kustomize", &format!("{REPO}/examples/kustomize/monitored")]);
-    assert!(out.status.success(), "{}", text(&out));
-    let monitored = String::from_utf8(out.stdout).unwrap();
-    for kind in [
-        "kind: ServiceMonitor",
-        "kind: PrometheusRule",
-        "name: reserve-operator-dashboard",
-    ] {
-        assert!(monitored.contains(kind), "{kind} missing");
-    }
-    assert!(monitored.contains(&format!(
-        "image: registry.example.com/coffeechain/reserve-operator:{version}"
-    )));
 }
