@@ -14,7 +14,7 @@ test: tools lint ## build the tools, the image and the previous release if missi
 	$(CARGO) test --workspace --no-fail-fast
 
 test-unit: ## the tests that need no cluster: pure rules, the reconcile tier (a scripted API server), the CLI, generated files
-	$(CARGO) test --workspace --lib --bins --test cli --test crds_in_sync
+	$(CARGO) test --workspace --lib --bins --test cli --test crds_in_sync --test newcomer
 
 test-velero: tools ## back up and restore a shop with Velero (built once, about 7 minutes: velero, its AWS plugin, moto)
 	@hack/velero-tools.sh >/dev/null
@@ -30,6 +30,7 @@ fmt: ## format the code
 generate: ## regenerate manifests/crds/crds.yaml from src/crd/ and copy the chart's files from manifests/
 	$(CARGO) run --quiet --bin reserve-operator -- crds > manifests/crds/crds.yaml
 	cp manifests/crds/crds.yaml charts/reserve-operator/files/crds.yaml
+	cp manifests/crds/roles.yaml charts/reserve-operator/files/roles.yaml
 	cp manifests/monitoring/prometheusrule.yaml manifests/monitoring/dashboard.json charts/reserve-operator/files/
 
 tools: ## build (once) the pinned tools into ~/.cache/reserve-operator: the control plane and node; helm, promtool, health
@@ -39,7 +40,7 @@ tools: ## build (once) the pinned tools into ~/.cache/reserve-operator: the cont
 image: ## build the operator's OCI image without Docker: target/image/reserve-operator-<version>.oci.tar
 	@hack/image.sh operator >/dev/null
 
-.PHONY: demo dev dev-down run bench image node-up node-down
+.PHONY: demo demo-down dev dev-down run bench image node-up node-down
 
 NODE_DIR ?= $(HOME)/.local/state/reserve-operator/node
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
@@ -47,12 +48,17 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 demo: ## start a local control plane and the operator, play the samples in examples/, stop everything
 	hack/demo.sh
 
-dev: tools ## start (or reuse) a local control plane with the API installed; prints the KUBECONFIG to use
+dev: ## start (or reuse) a local control plane with the API installed; prints the KUBECONFIG to use
+	@hack/control-plane-tools.sh >/dev/null
 	@$(CARGO) build --quiet -p reserve-testkit --bin reserve-cluster
 	@target/debug/reserve-cluster up >/dev/null
 	@echo "Local control plane is up. Use it with:"
 	@echo "  $$(target/debug/reserve-cluster env)"
 	@echo "Run the operator against it with 'make run', stop it with 'make dev-down'."
+
+demo-down: ## stop the control plane `KEEP=1 make demo` left running
+	@$(CARGO) build --quiet -p reserve-testkit --bin reserve-cluster
+	RESERVE_CLUSTER_DIR=$(CURDIR)/target/demo/cluster target/debug/reserve-cluster down
 
 dev-down: ## stop the local control plane of `make dev` and delete its data
 	@$(CARGO) build --quiet -p reserve-testkit --bin reserve-cluster

@@ -10,7 +10,7 @@ reuse_or_lock() {
     echo "$bin_dir"
     exit 0
   fi
-  command -v go >/dev/null || { say "Go is required to build $1 (none on PATH)"; exit 1; }
+  require_go "$1"
   mkdir -p "$cache_root"
   exec 9>"$cache_root/.build.lock"
   if ! flock -n 9; then
@@ -25,4 +25,18 @@ reuse_or_lock() {
   trap 'rm -rf "$work"' EXIT
   mkdir -p "$work/bin"
   export GOFLAGS="-buildvcs=false -trimpath" CGO_ENABLED=0
+}
+
+# require_go WHAT: a Go that can fetch the pinned toolchain (1.21 or later does, through the
+# module proxy, as GOTOOLCHAIN below asks), or a message that says where to get one.
+require_go() {
+  local get="any Go from 1.21 on fetches Go 1.26.8 by itself: https://go.dev/dl/ (Debian 12's golang-go is 1.19; bookworm-backports has a newer one)"
+  command -v go >/dev/null || { say "Go is required to build $1 and none is on PATH; $get"; exit 1; }
+  local minor
+  minor=$(GOTOOLCHAIN=local go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
+  if [[ -z $minor || $minor -lt 21 ]]; then
+    say "$(go version | cut -d" " -f3) cannot build $1; $get"
+    exit 1
+  fi
+  export GOTOOLCHAIN=${GOTOOLCHAIN:-go1.26.8+auto}
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The quick start: a local control plane, the operator, and the samples in examples/ moving
 # through their states while `kubectl get customers` shows the levels change. Leaves nothing
-# running. Set KEEP=1 to leave the control plane up for exploring (stop it with `make dev-down`).
+# running. Set KEEP=1 to leave the control plane up for exploring (stop it with
+# `make demo-down`; the next `make demo` starts from a new one anyway).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -13,33 +14,43 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say() { echo "demo: $*"; }
 
 operator_pid=
+cluster=
 cleanup() {
   status=$?
   if [[ -n $operator_pid ]]; then
     kill -TERM "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/dev/null || true
   fi
-  if [[ ${KEEP:-0} == 1 && $status == 0 ]]; then
+  if [[ -z $cluster ]]; then
+    :
+  elif [[ ${KEEP:-0} == 1 && $status == 0 ]]; then
     say "control plane left running: $("$cluster" env)"
+    say "stop it with: make demo-down"
   else
     "$cluster" down >/dev/null 2>&1 || true
   fi
-  [[ $status == 0 ]] || say "failed (exit $status); operator log: $log"
+  if [[ $status != 0 ]]; then
+    if [[ -s $log ]]; then say "failed (exit $status); operator log: $log"; else say "failed (exit $status)"; fi
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-step "Building the operator and the control-plane tools (first run: several minutes)"
-operator=${RESERVE_OPERATOR_BIN:-}
-cluster=${RESERVE_CLUSTER_BIN:-}
-if [[ -z $operator || -z $cluster ]]; then
-  cargo build --quiet -p reserve-operator -p reserve-testkit --bins
-  operator=$repo/target/debug/reserve-operator
-  cluster=$repo/target/debug/reserve-cluster
-fi
+step "Building the control-plane tools and the operator (first run: several minutes)"
+# The tools first: without a suitable Go they cannot be built, and that is said at once.
 bin=$("$repo/hack/control-plane-tools.sh")
 export PATH="$bin:$PATH"
+operator=${RESERVE_OPERATOR_BIN:-}
+cluster_bin=${RESERVE_CLUSTER_BIN:-}
+if [[ -z $operator || -z $cluster_bin ]]; then
+  cargo build --quiet -p reserve-operator -p reserve-testkit --bins
+  operator=$repo/target/debug/reserve-operator
+  cluster_bin=$repo/target/debug/reserve-cluster
+fi
 
 step "Starting a local control plane (etcd + kube-apiserver)"
+# A control plane an earlier `KEEP=1 make demo` left is stopped: the demo starts from nothing.
+"$cluster_bin" down >/dev/null 2>&1 || true
+cluster=$cluster_bin
 export KUBECONFIG=$("$cluster" up)
 kubectl create namespace "$ns" >/dev/null
 

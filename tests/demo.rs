@@ -38,22 +38,44 @@ fn cluster_bin() -> std::path::PathBuf {
     bin
 }
 
-#[test]
-fn demo_shows_customers_reaching_their_levels() {
+/// hack/demo.sh as `make demo` runs it, with `keep` as KEEP=1.
+fn demo(state: &std::path::Path, keep: bool) -> std::process::Output {
     let repo = env!("CARGO_MANIFEST_DIR");
-    let state = reserve_testkit::watchdog().unique_path("demo", "");
-    std::fs::create_dir_all(&state).unwrap();
-    let output = Command::new("bash")
+    let mut command = Command::new("bash");
+    command
         .arg(format!("{repo}/hack/demo.sh"))
         .env(
             "RESERVE_OPERATOR_BIN",
             env!("CARGO_BIN_EXE_reserve-operator"),
         )
         .env("RESERVE_CLUSTER_BIN", cluster_bin())
-        .env("RESERVE_CLUSTER_DIR", state.join("cluster"))
-        .env_remove("KEEP")
-        .output()
-        .expect("hack/demo.sh runs");
+        .env("RESERVE_CLUSTER_DIR", state.join("cluster"));
+    if keep {
+        command.env("KEEP", "1");
+    } else {
+        command.env_remove("KEEP");
+    }
+    command.output().expect("hack/demo.sh runs")
+}
+
+#[test]
+fn demo_shows_customers_reaching_their_levels() {
+    let state = reserve_testkit::watchdog().unique_path("demo", "");
+    std::fs::create_dir_all(&state).unwrap();
+    // KEEP=1 leaves the control plane up and says how to stop it; a second demo starts from
+    // a new one all the same.
+    let kept = demo(&state, true);
+    let stdout = String::from_utf8_lossy(&kept.stdout);
+    assert!(
+        kept.status.success(),
+        "KEEP=1 demo failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&kept.stderr)
+    );
+    assert!(
+        stdout.contains("stop it with: make demo-down") && state.join("cluster").exists(),
+        "{stdout}"
+    );
+    let output = demo(&state, false);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
