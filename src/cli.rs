@@ -24,9 +24,10 @@ pub enum Command {
     /// Print the CustomResourceDefinitions (Customer, Order, Ledger) as YAML (manifests/crds/crds.yaml).
     Crds,
     /// Put back, on a cluster that lost them, the Ledgers, Customers and Orders of FILE (what
-    /// `kubectl get ledgers,customers,orders -o json` saved), with what only the operator
-    /// writes: each Order's level snapshot and each Customer's status. Acts as a restore
-    /// identity of the admission policies (see --as, --as-group).
+    /// `kubectl get ledgers,customers,orders -A -o json --show-managed-fields` saved; without
+    /// --show-managed-fields an order applied from Git is no longer known as one), with what
+    /// only the operator writes: each Order's level snapshot and each Customer's status. Acts
+    /// as a restore identity of the admission policies (see --as, --as-group).
     Restore(RestoreArgs),
     /// After an upgrade from 0.1.0 (which stored v1alpha1): write every Customer, Order and
     /// Ledger again in the version stored now (v1), then set each CRD's status.storedVersions
@@ -76,7 +77,8 @@ pub struct RunArgs {
     #[arg(long, env = "RESERVE_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
 
-    /// Identity written into the Lease (default: the pod name from HOSTNAME, else a random id).
+    /// Identity written into the Lease (default: the pod name from HOSTNAME, else
+    /// `reserve-operator-<process id>`).
     #[arg(long, env = "RESERVE_IDENTITY")]
     pub identity: Option<String>,
 

@@ -10,5 +10,6 @@ pub mod loyalty;
 pub mod metrics;
 pub mod migrate;
 pub mod operator;
+pub mod plugin;
 pub mod probe;
 pub mod runtime_ext;

@@ -398,6 +398,20 @@ fn kubectl_shows_the_contract_columns_categories_and_short_names() {
         "NAME CUSTOMER PRODUCT QTY STATE PHASE LEVEL AGE",
         "{orders}"
     );
+    // -o wide adds what a shop looks for.
+    let wide = |kind| {
+        header(&stdout(
+            &cp.kubectl(&["get", kind, "-n", &ns, "-o", "wide"]),
+        ))
+    };
+    assert_eq!(
+        wide("customers"),
+        "NAME DISPLAY NAME SCORE LEVEL TO NEXT COMPLETED READY AGE NEXT LEVEL OPEN CANCELED SETTLED"
+    );
+    assert_eq!(
+        wide("orders"),
+        "NAME CUSTOMER PRODUCT QTY STATE PHASE LEVEL AGE MEMBER PHASE SINCE"
+    );
     let row = orders
         .lines()
         .find(|l| l.starts_with("alice-mocha"))

@@ -24,7 +24,11 @@ use crate::loyalty::Standing;
     printcolumn = r#"{"name":"To Next","type":"integer","jsonPath":".status.pointsToNextLevel"}"#,
     printcolumn = r#"{"name":"Completed","type":"integer","jsonPath":".status.completedOrders"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Next Level","type":"string","priority":1,"jsonPath":".status.nextLevel"}"#,
+    printcolumn = r#"{"name":"Open","type":"integer","priority":1,"jsonPath":".status.openOrders"}"#,
+    printcolumn = r#"{"name":"Canceled","type":"integer","priority":1,"jsonPath":".status.canceledOrders"}"#,
+    printcolumn = r#"{"name":"Settled","type":"integer","priority":1,"jsonPath":".status.settled.score"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CustomerSpec {
@@ -40,7 +44,8 @@ pub struct CustomerSpec {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomerStatus {
-    /// Sum of spec.quantity over this customer's Orders whose spec.state is Completed.
+    /// Sum of spec.quantity over this customer's Orders whose spec.state is Completed, plus
+    /// the settled score of its Ledger (see settled).
     #[serde(default)]
     pub score: i64,
     /// Loyalty level that the level policy gives for the score (Bronze, Silver, Gold, Platinum,
@@ -53,13 +58,13 @@ pub struct CustomerStatus {
     /// Score still needed to reach nextLevel; absent at the top level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub points_to_next_level: Option<i64>,
-    /// Orders counted in the score (spec.state Completed).
+    /// Orders counted in the score (spec.state Completed), including the settled ones.
     #[serde(default)]
     pub completed_orders: i64,
-    /// Orders whose spec.state is Canceled.
+    /// Orders whose spec.state is Canceled, including the settled ones.
     #[serde(default)]
     pub canceled_orders: i64,
-    /// Orders whose spec.state is Requested.
+    /// Orders whose spec.state is Requested (never settled).
     #[serde(default)]
     pub open_orders: i64,
     /// What the customer's Ledger (its settled, deleted orders) adds to score and counts;

@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Level","type":"string","jsonPath":".status.customerLevel"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Member","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"CustomerFound\")].status"}"#,
+    printcolumn = r#"{"name":"Phase Since","type":"date","priority":1,"jsonPath":".status.phaseSince"}"#,
     selectable = ".spec.customer",
     selectable = ".spec.state"
 )]
