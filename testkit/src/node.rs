@@ -73,6 +73,31 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// The least free space the node starts with: its kubelet evicts every pod below
+/// [`EVICTION_FREE`], and images, logs and the tests' own files need room above that.
+const NODE_FREE: u64 = 4 << 30;
+const EVICTION_FREE: &str = "1Gi";
+
+/// Fails naming the problem when the disk holding `dir` is too full for a node: on a full disk
+/// the kubelet evicts the operator's pods, and a test would only see no pod holding the Lease.
+fn room_for_a_node(dir: &Path) -> Result<(), String> {
+    let existing = dir
+        .ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(Path::new("/"));
+    let free = host::free_bytes(existing)?;
+    if free < NODE_FREE {
+        return Err(format!(
+            "only {:.1} GiB free on the disk of {}: a node needs {} GiB (its kubelet evicts every \
+             pod below {EVICTION_FREE}); free some space and run again",
+            free as f64 / f64::from(1 << 30),
+            existing.display(),
+            NODE_FREE >> 30
+        ));
+    }
+    Ok(())
+}
+
 fn node_name() -> String {
     host::run("hostname", &[])
         .map(|h| h.trim().to_lowercase())
@@ -86,6 +111,7 @@ impl Node {
         if let Some(why) = unavailable() {
             return Err(why);
         }
+        room_for_a_node(dir)?;
         let began = Instant::now();
         let bin = tools::node_bin_dir()?.to_path_buf();
         let _ = std::fs::remove_dir_all(dir);
@@ -289,6 +315,37 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// What a failing test should show about the node: its conditions (disk, memory or PID
+    /// pressure evicts pods), every pod with its phase and reason, and the kubelet's last lines.
+    pub fn describe(&self) -> String {
+        let get = |args: &[&str]| {
+            let out = self.cp.kubectl(args);
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        format!(
+            "node conditions:\n{}\npods:\n{}\nkubelet:\n{}",
+            get(&[
+                "get",
+                "node",
+                &self.name,
+                "-o",
+                "jsonpath={range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{\"\\n\"}{end}",
+            ]),
+            get(&[
+                "get",
+                "pods",
+                "-A",
+                "-o",
+                "custom-columns=NAMESPACE:.metadata.namespace,NAME:.metadata.name,PHASE:.status.phase,REASON:.status.reason,MESSAGE:.status.message",
+            ]),
+            crate::process::tail(&self.dir.join("kubelet.log"), 20)
+        )
     }
 
     /// Imports an OCI archive into the node's containerd.
@@ -536,9 +593,10 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard:
   memory.available: "50Mi"
-  nodefs.available: "1%"
-  imagefs.available: "1%"
+  nodefs.available: "{eviction}"
+  imagefs.available: "{eviction}"
 "#,
+        eviction = EVICTION_FREE,
         socket = socket.display(),
         ca = cp_dir.join(crate::certs::CA_CERT).display(),
         node_ip = host::NODE_IP,

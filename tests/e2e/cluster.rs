@@ -93,23 +93,26 @@ impl Cluster {
     /// The pod holding the Lease (its holder identity is the pod's name).
     async fn leader(&self) -> Pod {
         let leases: Api<Lease> = Api::namespaced(self.admin.clone(), SYSTEM);
-        let admin = self.admin.clone();
-        eventually(WAIT, "a pod holding the Lease", || {
-            let (leases, admin) = (leases.clone(), admin.clone());
-            async move {
-                let holder = leases
-                    .get("reserve-operator")
-                    .await
-                    .ok()?
-                    .spec?
-                    .holder_identity?;
-                Api::<Pod>::namespaced(admin, SYSTEM)
-                    .get(&holder)
-                    .await
-                    .ok()
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), SYSTEM);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let holder = leases
+                .get("reserve-operator")
+                .await
+                .ok()
+                .and_then(|l| l.spec?.holder_identity);
+            if let Some(holder) = &holder
+                && let Ok(pod) = pods.get(holder).await
+            {
+                return pod;
             }
-        })
-        .await
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {WAIT:?} waiting for a pod holding the Lease (holder {holder:?})\n{}",
+                self.node.describe()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn probe(pod: &Pod) -> Option<Probe> {

@@ -61,6 +61,18 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Bytes free (for an unprivileged user, as `df` counts them) on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> Result<u64, String> {
+    let out = run(
+        "df",
+        &["--output=avail", "-B1", &path.display().to_string()],
+    )?;
+    out.lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| format!("df {}: no free space in {out:?}", path.display()))
+}
+
 pub fn sysctl(key: &str) -> String {
     std::fs::read_to_string(format!("/proc/sys/{}", key.replace('.', "/")))
         .unwrap_or_default()
