@@ -8,7 +8,7 @@ help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
 test: tools lint ## build the tools, the image and the previous release if missing, lint, run every test (the node tests need root)
-	@if command -v buildah >/dev/null; then hack/image.sh operator >/dev/null; \
+	@if command -v buildah >/dev/null; then hack/image.sh operator >/dev/null && hack/image.sh operator-prime >/dev/null; \
 	  else echo "note: no buildah here: the image and node tests will say they are skipped"; fi
 	@hack/previous-release.sh >/dev/null
 	$(CARGO) test --workspace --no-fail-fast
@@ -20,9 +20,10 @@ test-velero: tools ## back up and restore a shop with Velero (built once, about 
 	@hack/velero-tools.sh >/dev/null
 	$(CARGO) test --test backup velero -- --ignored
 
-lint: ## formatting and clippy, warnings are errors
+lint: ## formatting, clippy (warnings are errors), and no circle among the modules
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --test module_graph
 
 fmt: ## format the code
 	$(CARGO) fmt --all

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use crate::{
     crd::{Customer, CustomerStatus, Ledger, Order, OrderStatus},
-    loyalty::MISSING_CUSTOMER_LEVEL,
+    loyalty::{MISSING_CUSTOMER_LEVEL, Standing},
 };
 
 /// Field manager of what this command writes.
@@ -260,7 +260,7 @@ async fn restore_order(client: &Client, saved: &Order) -> Result<Outcome, String
 
 /// Two customer statuses show the same score, level, counts and settled history.
 fn same_standing(a: &CustomerStatus, b: &CustomerStatus) -> bool {
-    (a.standing(), &a.settled) == (b.standing(), &b.settled)
+    (Standing::shown_by(a), &a.settled) == (Standing::shown_by(b), &b.settled)
 }
 
 fn snapshot(status: Option<&OrderStatus>) -> Option<&str> {

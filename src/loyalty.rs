@@ -6,7 +6,9 @@
 
 use std::{fmt, str::FromStr};
 
-use crate::crd::{LedgerSpec, OrderState};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::crd::{CustomerStatus, LedgerSpec, OrderState};
 
 /// The level an order reports while its customer does not exist. Reserved: no policy may use it.
 pub const MISSING_CUSTOMER_LEVEL: &str = "Iron";
@@ -243,6 +245,37 @@ pub struct Standing {
     pub completed: i64,
     pub canceled: i64,
     pub open: i64,
+}
+
+impl Standing {
+    /// The status that shows this standing, computed for `generation`, with `conditions`.
+    pub fn status(self, generation: Option<i64>, conditions: Vec<Condition>) -> CustomerStatus {
+        CustomerStatus {
+            score: self.score,
+            level: Some(self.level),
+            next_level: self.next_level,
+            points_to_next_level: self.points_to_next_level,
+            completed_orders: self.completed,
+            canceled_orders: self.canceled,
+            open_orders: self.open,
+            settled: None,
+            observed_generation: generation,
+            conditions,
+        }
+    }
+
+    /// The standing `status` shows (None before the operator wrote a level).
+    pub fn shown_by(status: &CustomerStatus) -> Option<Standing> {
+        Some(Standing {
+            score: status.score,
+            level: status.level.clone()?,
+            next_level: status.next_level.clone(),
+            points_to_next_level: status.points_to_next_level,
+            completed: status.completed_orders,
+            canceled: status.canceled_orders,
+            open: status.open_orders,
+        })
+    }
 }
 
 impl LevelPolicy {

@@ -14,15 +14,14 @@ use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams},
     runtime::{WatchStreamExt, watcher},
 };
 use reserve_operator::{
-    crd::{Customer, CustomerStatus, Order, OrderState},
+    crd::{Customer, Order, OrderState},
     loyalty::{LevelPolicy, Standing},
 };
 use reserve_testkit::{
-    Launch, Metrics, OperatorProcess, Probe,
+    Metrics,
     process::ProcStats,
     shop::fresh_namespace,
     workload::{Driver, Plan},
@@ -30,49 +29,13 @@ use reserve_testkit::{
 use tokio::sync::watch;
 
 use crate::{
-    Context, audit,
+    audit,
+    context::{Context, say},
     figures::{ConvergePoint, Generator, OperatorFigures, Restart},
-    floor, profile, say,
+    floor,
+    operator::{self, empty_namespace, operator_metrics, start_operator, wait_ready},
+    profile,
 };
-
-/// The operator under measurement, on `namespace`, logging to `<out>/<log_name>.log`.
-pub fn start_operator(ctx: &Context, namespace: &str, log_name: &str) -> OperatorProcess {
-    operator(ctx, namespace, log_name).spawn()
-}
-
-fn operator(ctx: &Context, namespace: &str, log_name: &str) -> Launch {
-    Launch::new(&ctx.operator_bin, &ctx.operator_kubeconfig)
-        .args(["--no-leader-election", "--namespace", namespace])
-        .log(ctx.out.join(format!("{log_name}.log")))
-}
-
-pub async fn wait_ready(probe: &Probe, timeout: Duration) -> Result<Duration, String> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if probe.is_ready().await {
-            return Ok(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(format!("the operator was not ready within {timeout:?}"))
-}
-
-/// What /metrics says of the operator's work.
-pub async fn operator_metrics(probe: &Probe) -> Result<OperatorFigures, String> {
-    let metrics = probe
-        .metrics()
-        .await
-        .ok_or("the operator's /metrics does not answer")?;
-    let by = |name: &str, controller: &str| metrics.sum(name, &[("controller", controller)]);
-    Ok(OperatorFigures {
-        reconciles_customer: by("reserve_reconciles_total", "customer"),
-        reconciles_order: by("reserve_reconciles_total", "order"),
-        reconcile_errors: metrics.sum("reserve_reconcile_errors_total", &[]),
-        status_writes_customer: by("reserve_status_writes_total", "customer"),
-        status_writes_order: by("reserve_status_writes_total", "order"),
-        ..OperatorFigures::default()
-    })
-}
 
 /// Progress of objects towards what they should show, as a watch sees it.
 #[derive(Clone, Debug, Default)]
@@ -136,7 +99,7 @@ pub fn watch_customers(
         Api::namespaced(client.clone(), ns),
         count,
         move |c: &Customer| {
-            let shown = c.status.as_ref().and_then(CustomerStatus::standing);
+            let shown = c.status.as_ref().and_then(Standing::shown_by);
             shown.as_ref() == expected.get(&c.name_any())
         },
     )
@@ -389,24 +352,6 @@ async fn generator_alone(ctx: &Context, plan: &Plan) -> Result<Generator, String
     Ok(generator)
 }
 
-/// Deletes every Order and Customer of `ns` (two deletecollection requests), so what comes
-/// next meets a store no larger than before.
-pub async fn empty_namespace(client: &Client, ns: &str) -> Result<(), String> {
-    let params = DeleteParams::default();
-    let list = ListParams::default();
-    let orders: Api<Order> = Api::namespaced(client.clone(), ns);
-    let customers: Api<Customer> = Api::namespaced(client.clone(), ns);
-    orders
-        .delete_collection(&params, &list)
-        .await
-        .map_err(|e| format!("deleting the orders of {ns}: {e}"))?;
-    customers
-        .delete_collection(&params, &list)
-        .await
-        .map_err(|e| format!("deleting the customers of {ns}: {e}"))?;
-    Ok(())
-}
-
 /// Starts the operator again on a converged namespace, with `initial_list`: time to ready, its
 /// status writes within the settle window, and how far kube-apiserver's RSS rose meanwhile.
 async fn restart_with(
@@ -437,7 +382,7 @@ async fn restart_with(
             .join(format!("apiserver-{orders}-restart-{initial_list}.pprof"));
         profile::record(&ctx.cp, window, path)
     });
-    let mut restarted = operator(ctx, ns, &name)
+    let mut restarted = operator::launch(ctx, ns, &name)
         .env("RESERVE_INITIAL_LIST", initial_list)
         .spawn();
     let seconds_to_ready = wait_ready(restarted.probe(), Duration::from_secs(120))

@@ -10,7 +10,7 @@
 use reserve_testkit::{Metrics, Probe};
 use serde::Serialize;
 
-use crate::Context;
+use crate::context::Context;
 
 /// kube-apiserver's latency of a request, priority and fairness's wait included.
 const REQUEST_DURATION: &str = "apiserver_request_duration_seconds";

@@ -1,6 +1,6 @@
 //! Every figure the benchmark reports, typed: a figure that is not measured does not compile.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::Serialize;
 
@@ -341,6 +341,14 @@ pub struct SettlementRun {
     pub samples: Vec<SettlementSample>,
 }
 
+/// What the long settlement run is asked to do.
+pub struct SettlementSettings {
+    pub customers: usize,
+    pub orders: usize,
+    pub rate: f64,
+    pub settle_after: Duration,
+}
+
 /// What the long settlement run measured, before the figures derived from it.
 pub struct SettlementEnd {
     pub generated: std::time::Duration,
@@ -354,7 +362,7 @@ pub struct SettlementEnd {
 }
 
 impl SettlementRun {
-    pub fn new(settings: &crate::settlement::Settings, end: SettlementEnd) -> Self {
+    pub fn new(settings: &SettlementSettings, end: SettlementEnd) -> Self {
         let SettlementEnd {
             generated,
             drained,

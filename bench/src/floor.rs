@@ -28,7 +28,7 @@ use reserve_testkit::{
 };
 use serde_json::json;
 
-use crate::{figures::Floor, say};
+use crate::{context::say, figures::Floor};
 
 const FIELD_MANAGER: &str = "reserve-bench-floor";
 

@@ -26,11 +26,10 @@ use reserve_testkit::{
 use serde_json::json;
 
 use crate::{
-    Context,
-    converge::{empty_namespace, operator_metrics, start_operator, wait_ready},
+    context::{Context, say},
     delay::{DelayParts, Scrape},
     figures::{Freshness, Latency},
-    say,
+    operator::{empty_namespace, operator_metrics, start_operator, wait_ready},
 };
 
 /// How long after the generator's last write the statuses may take to catch up: a transition

@@ -15,13 +15,10 @@ use reserve_testkit::{
 };
 
 use crate::{
-    Context,
-    converge::{
-        all_match, drive, empty_namespace, operator_metrics, start_operator, wait_ready,
-        watch_customers, watch_receipts,
-    },
+    context::{Context, say},
+    converge::{all_match, drive, watch_customers, watch_receipts},
     figures::Handover,
-    say,
+    operator::{empty_namespace, operator_metrics, start_operator, wait_ready},
 };
 
 pub async fn run(ctx: &Context, orders: usize) -> Result<Handover, String> {

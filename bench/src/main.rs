@@ -14,12 +14,14 @@
 //! Figures are printed as a table and written to `target/bench/` as JSON and text.
 
 mod audit;
+mod context;
 mod converge;
 mod delay;
 mod figures;
 mod floor;
 mod freshness;
 mod handover;
+mod operator;
 mod profile;
 mod report;
 mod rows;
@@ -33,7 +35,6 @@ use std::{
 
 use clap::{Parser, ValueEnum};
 use k8s_openapi::jiff::Timestamp;
-use kube::Client;
 use reserve_testkit::{
     AuditMode, ControlPlane, Identity, Lifetime, Options,
     control_plane::text,
@@ -42,6 +43,7 @@ use reserve_testkit::{
     tools::repo_root,
 };
 
+use context::{Context, say};
 use figures::{ConvergePoint, Growth, Summary};
 
 const SWEEP: [usize; 3] = [1_000, 5_000, 20_000];
@@ -139,62 +141,6 @@ enum FlowSchema {
     On,
     Off,
     Both,
-}
-
-/// What every measurement needs.
-pub struct Context {
-    pub cp: ControlPlane,
-    /// The admin, for watching.
-    pub client: Client,
-    /// The load generator: a user of its own, so priority and fairness treat it like any writer.
-    pub generator: Client,
-    pub operator_bin: PathBuf,
-    pub operator_kubeconfig: PathBuf,
-    pub operator_user: String,
-    /// The operator's identity, for the floor's status writes (the policy admits no one else).
-    pub as_operator: Client,
-    pub out: PathBuf,
-    pub customers: usize,
-    pub concurrency: usize,
-    pub seed: u64,
-    pub converge_timeout: u64,
-    pub settle: u64,
-    pub floor: bool,
-    /// Whether each converge point first times the generator with no operator.
-    pub alone: bool,
-    /// How long to profile kube-apiserver from each restart's start, if at all.
-    pub profile_restarts: Option<Duration>,
-    /// How long to profile kube-apiserver from the start of each generator run, if at all.
-    pub profile_generator: Option<Duration>,
-    pub rate: f64,
-    pub seconds: f64,
-    pub flowschema: bool,
-}
-
-impl Context {
-    /// kube-apiserver's CPU (user + system) so far, from /proc.
-    pub fn apiserver_cpu_seconds(&self) -> Result<f64, String> {
-        cpu_seconds(self.cp.pids().1, "kube-apiserver")
-    }
-
-    /// The CPU so far of the other processes sharing the machine with the operator: etcd and
-    /// this bench (its generator and watches).
-    pub fn etcd_and_bench_cpu_seconds(&self) -> Result<(f64, f64), String> {
-        Ok((
-            cpu_seconds(self.cp.pids().0, "etcd")?,
-            cpu_seconds(Some(std::process::id()), "the bench")?,
-        ))
-    }
-}
-
-fn cpu_seconds(pid: Option<u32>, what: &str) -> Result<f64, String> {
-    pid.and_then(reserve_testkit::process::ProcStats::of)
-        .map(|s| s.cpu_seconds)
-        .ok_or_else(|| format!("{what}'s /proc stats are not readable"))
-}
-
-pub fn say(message: impl AsRef<str>) {
-    eprintln!("bench: {}", message.as_ref());
 }
 
 fn main() -> ExitCode {
@@ -371,7 +317,7 @@ async fn run(args: Args) -> Result<(), String> {
     ctx.operator_bin = operator_bin.clone();
 
     let settled = if args.settlement {
-        let settings = settlement::Settings {
+        let settings = figures::SettlementSettings {
             customers: args.settle_customers,
             orders: args.settle_orders,
             rate: args.settle_rate,

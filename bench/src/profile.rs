@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::Stdio, thread::JoinHandle, time::Duration};
 
 use reserve_testkit::ControlPlane;
 
-use crate::say;
+use crate::context::say;
 
 /// A profile being recorded; [`Recording::finish`] waits for it.
 pub struct Recording(JoinHandle<Result<PathBuf, String>>);

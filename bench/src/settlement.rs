@@ -19,7 +19,7 @@ use kube::{
 use reserve_operator::{
     controller::settlement::{NAMESPACE_LABEL, NAMESPACE_LABEL_VALUE},
     crd::{Customer, Ledger, Order, OrderState},
-    loyalty::{LevelPolicy, Tally},
+    loyalty::{LevelPolicy, Standing, Tally},
 };
 use reserve_testkit::{
     Identity, Launch, Probe, fixtures, rbac,
@@ -29,24 +29,15 @@ use reserve_testkit::{
 use serde_json::json;
 
 use crate::{
-    Context,
-    converge::wait_ready,
-    figures::{SettlementEnd, SettlementRun, SettlementSample},
-    say,
+    context::{Context, say},
+    figures::{SettlementEnd, SettlementRun, SettlementSample, SettlementSettings},
+    operator::{operator_metrics, wait_ready},
 };
-
-/// What the long run is asked to do.
-pub struct Settings {
-    pub customers: usize,
-    pub orders: usize,
-    pub rate: f64,
-    pub settle_after: Duration,
-}
 
 /// How often the sampler looks.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
-pub async fn run(ctx: &Context, settings: &Settings) -> Result<SettlementRun, String> {
+pub async fn run(ctx: &Context, settings: &SettlementSettings) -> Result<SettlementRun, String> {
     let ns = fresh_namespace(&ctx.generator, "bench-settle").await;
     let label = json!({ "metadata": { "labels": { NAMESPACE_LABEL: NAMESPACE_LABEL_VALUE } } });
     Api::<k8s_openapi::api::core::v1::Namespace>::all(ctx.client.clone())
@@ -181,7 +172,7 @@ pub async fn run(ctx: &Context, settings: &Settings) -> Result<SettlementRun, St
         .metric("reserve_orders_settled_total", &[])
         .await
         .unwrap_or_default();
-    let mut metrics = crate::converge::operator_metrics(process.probe()).await?;
+    let mut metrics = operator_metrics(process.probe()).await?;
     if let Some(stats) = process.stats() {
         metrics.peak_rss_kib = stats.peak_rss_kib;
         metrics.rss_kib = stats.rss_kib;
@@ -253,7 +244,7 @@ async fn wrong_customers(
         .iter()
         .filter(|c| {
             let want = policy.standing(&expected.get(&c.name_any()).copied().unwrap_or_default());
-            c.status.as_ref().and_then(|s| s.standing()) != Some(want)
+            c.status.as_ref().and_then(Standing::shown_by) != Some(want)
         })
         .count())
 }

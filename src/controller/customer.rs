@@ -62,7 +62,7 @@ pub fn desired_status(
         },
     };
     let ready = conditions::condition(&current, observation, generation, now);
-    let mut status = CustomerStatus::new(policy.standing(&tally), generation, vec![ready]);
+    let mut status = policy.standing(&tally).status(generation, vec![ready]);
     status.settled = index
         .settled_of(key)
         .or(missing)

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::status::FIELD_MANAGER;
+/// Field manager of every write of the operator (statuses, Ledgers); the operator owns nothing
+/// else, and nothing it writes counts as declared.
+pub const FIELD_MANAGER: &str = "reserve-operator";
 
 /// Whether an object was declared in Git: applied by kubectl (client- or server-side), by a
 /// GitOps tool, or by Helm. The operator's own status writes do not count.

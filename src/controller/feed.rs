@@ -20,16 +20,9 @@ use super::{
     index::{Index, ListedCustomer, ListedLedger, ListedOrder, OrderKey},
     readiness::Watched,
     restore,
-    triggers::Sweeps,
+    triggers::{Sweeps, Wakes},
 };
 use crate::crd::{Customer, Ledger, Order};
-
-/// The objects a watch event wakes.
-#[derive(Debug, Default, PartialEq)]
-pub struct Wakes {
-    pub customers: Vec<ObjectRef<Customer>>,
-    pub orders: Vec<OrderKey>,
-}
 
 /// What differs between the watched kinds.
 pub trait Watchable:

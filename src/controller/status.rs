@@ -27,15 +27,13 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 
 use super::{
+    declared::FIELD_MANAGER,
     error::Error,
     freshness::Freshness,
     objects::{Objects, Written},
     readiness::Readiness,
 };
 use crate::{leader::Fence, metrics::Metrics};
-
-/// Field manager of every status write; the operator owns nothing else.
-pub const FIELD_MANAGER: &str = "reserve-operator";
 
 /// How many of its own writes in a row the writer remembers while the watch has shown none of
 /// them; a cache further behind than that is taken at its word (a write from it is refused with

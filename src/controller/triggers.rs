@@ -7,11 +7,17 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::{
-    feed::Wakes,
     index::OrderKey,
     queue::{Sweep, Wake},
 };
 use crate::crd::Customer;
+
+/// The objects a watch event wakes.
+#[derive(Debug, Default, PartialEq)]
+pub struct Wakes {
+    pub customers: Vec<ObjectRef<Customer>>,
+    pub orders: Vec<OrderKey>,
+}
 
 /// Where watch events send what they wake: the queues of the current term, if any.
 #[derive(Default)]

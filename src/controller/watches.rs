@@ -1,5 +1,5 @@
 //! The watches: one per kind, on every replica, leader or not. Each feeds the [`Index`] (and,
-//! for Customers and Ledgers, a cache of whole objects) through [`feed`], and all list again
+//! for Ledgers, a cache of whole objects) through [`feed`], and all list again
 //! when the store is seen to have gone back in time ([`freshness`], probed here).
 
 use std::{sync::Arc, time::Duration};

@@ -2,8 +2,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::loyalty::Standing;
-
 /// A customer of the coffee chain. The operator derives the loyalty level from the customer's
 /// Orders and reports it in `status`; the spec (optional as a whole) holds only what people
 /// choose.
@@ -97,35 +95,4 @@ pub struct SettledHistory {
     /// Settled orders that were Canceled.
     #[serde(default)]
     pub canceled_orders: i64,
-}
-
-impl CustomerStatus {
-    /// The status that shows `standing`, computed for `generation`, with `conditions`.
-    pub fn new(standing: Standing, generation: Option<i64>, conditions: Vec<Condition>) -> Self {
-        Self {
-            score: standing.score,
-            level: Some(standing.level),
-            next_level: standing.next_level,
-            points_to_next_level: standing.points_to_next_level,
-            completed_orders: standing.completed,
-            canceled_orders: standing.canceled,
-            open_orders: standing.open,
-            settled: None,
-            observed_generation: generation,
-            conditions,
-        }
-    }
-
-    /// The standing this status shows (None before the operator wrote a level).
-    pub fn standing(&self) -> Option<Standing> {
-        Some(Standing {
-            score: self.score,
-            level: self.level.clone()?,
-            next_level: self.next_level.clone(),
-            points_to_next_level: self.points_to_next_level,
-            completed: self.completed_orders,
-            canceled: self.canceled_orders,
-            open: self.open_orders,
-        })
-    }
 }

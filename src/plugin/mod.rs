@@ -1,8 +1,11 @@
 //! `kubectl reserve`: a kubectl plugin (the binary `kubectl-reserve` on PATH) that shows one
 //! customer's page and the operator's health, each in one command. It only reads.
 
+mod error;
 pub mod page;
 pub mod status;
+
+pub use error::PluginError;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use k8s_openapi::api::core::v1::Event;
@@ -63,26 +66,6 @@ pub enum Format {
     Text,
     Json,
     Yaml,
-}
-
-/// Errors a user reads: what was not found or could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum PluginError {
-    #[error(transparent)]
-    NotFound(#[from] page::NotFound),
-    #[error("reading {what}: {source}")]
-    Read {
-        what: String,
-        #[source]
-        source: kube::Error,
-    },
-}
-
-impl PluginError {
-    fn read(what: impl Into<String>) -> impl FnOnce(kube::Error) -> PluginError {
-        let what = what.into();
-        move |source| PluginError::Read { what, source }
-    }
 }
 
 /// Runs `cli` with `client` (`namespace`: the kubeconfig's); returns what to print.

@@ -18,7 +18,7 @@ use kube::{
     },
 };
 use reserve_operator::{
-    crd::{Customer, CustomerStatus, Ledger, Order},
+    crd::{Customer, Ledger, Order},
     loyalty::{LevelPolicy, Standing, Tally},
 };
 use tokio::sync::watch;
@@ -205,7 +205,7 @@ pub fn mismatches(
     }
     for customer in customers {
         let name = customer.name_any();
-        let got = customer.status.as_ref().and_then(CustomerStatus::standing);
+        let got = customer.status.as_ref().and_then(Standing::shown_by);
         if got.as_ref() != expected.get(&name) {
             problems.push(format!(
                 "customer {name}: {got:?}, expected {:?}",

@@ -47,7 +47,7 @@ use tracing::{error, info, warn};
 use rules::entry;
 pub use rules::{absorb, is_due, release};
 
-use super::{context::Context, index::CustomerKey, status::FIELD_MANAGER, watches::Caches};
+use super::{context::Context, declared::FIELD_MANAGER, index::CustomerKey, watches::Caches};
 use crate::{
     crd::{AbsorbedOrder, Customer, Ledger, LedgerSpec, Order, OrderState},
     runtime_ext::{Note, regarding},

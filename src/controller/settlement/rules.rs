@@ -90,9 +90,8 @@ mod tests {
     use super::*;
     use crate::{
         controller::{
-            declared::is_declared,
+            declared::{FIELD_MANAGER, is_declared},
             index::{Index, OrderKey},
-            status::FIELD_MANAGER,
         },
         crd::{Order, OrderSpec, OrderStatus},
     };

@@ -3,9 +3,10 @@
 //! tokens, priority and fairness on (as in any real cluster), and an audit log of every request.
 
 mod access;
+mod kubeconfig;
 mod processes;
 
-use access::{admin_kubeconfig, write_kubeconfig};
+use kubeconfig::{admin_kubeconfig, write_kubeconfig};
 
 use std::{
     io::Write,
@@ -18,10 +19,7 @@ use std::{
 
 use kube::{
     Client, Config,
-    config::{
-        AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster,
-        NamedContext,
-    },
+    config::{KubeConfigOptions, Kubeconfig},
 };
 use serde::{Deserialize, Serialize};
 
