@@ -458,11 +458,20 @@ async fn restart_after_convergence_writes_nothing_and_only_status_is_ever_writte
         },
     )
     .await;
-    // The restarted operator's requests: complete ones, and the watches it holds open.
-    let after: Vec<_> = by_operator(cp.audit_until_now().await)
-        .into_iter()
-        .filter(|e| e.request_received_timestamp >= restarted_at)
-        .collect();
+    // The restarted operator's requests: complete ones, and the watches it holds open; read
+    // once the freshness probe (every 5 s) has probed each kind's store three times, so the
+    // window covers its periodic rounds and not only its first.
+    let is_probe = |e: &reserve_testkit::audit::AuditEvent| {
+        e.verb == "list" && e.request_uri.split(['?', '&']).any(|p| p == "limit=1")
+    };
+    let after: Vec<_> = eventually(WAIT, "three rounds of the freshness probe", || async {
+        let after: Vec<_> = by_operator(cp.audit_until_now().await)
+            .into_iter()
+            .filter(|e| e.request_received_timestamp >= restarted_at)
+            .collect();
+        (after.iter().filter(|e| is_probe(e)).count() >= 9).then_some(after)
+    })
+    .await;
     let rewrites: Vec<_> = after.iter().filter(|e| e.is_write()).collect();
     assert!(
         rewrites.is_empty(),

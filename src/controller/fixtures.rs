@@ -1,30 +1,20 @@
-//! The reconcile tier's test bench: a scripted API server (tower-test) behind a real kube
-//! `Client`, and a `Context` around it, so a test sees every request a reconcile makes (verb,
-//! path, body) and decides each answer, in milliseconds and without a cluster.
+//! The reconcile tier's test bench: a [`Context`] around the scripted API server of
+//! [`mock_api`](crate::mock_api), so a test sees every request a reconcile makes (verb, path,
+//! body) and decides each answer, in milliseconds and without a cluster; and the objects the
+//! API server answers status writes with.
 
 use std::sync::Arc;
 
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use kube::{Client, client::Body};
+use kube::Client;
 use serde_json::{Value, json};
-use tower_test::mock;
 
 use super::{
-    context::Context,
+    context::{Context, Observed},
     error::METRIC_LABELS,
     readiness::{Readiness, Watched},
 };
+pub use crate::mock_api::{ApiServer, Exchange, mock_client};
 use crate::{leader::Fence, loyalty::LevelPolicy, metrics::Metrics};
-
-/// The API server side of a mock client.
-pub struct ApiServer(mock::Handle<Request<Body>, Response<Body>>);
-
-/// A client whose requests reach the returned [`ApiServer`].
-pub fn mock_client() -> (Client, ApiServer) {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    (Client::new(service, "default"), ApiServer(handle))
-}
 
 /// A Context on a mock client: every cache listed, writing allowed (no leader election).
 pub fn context(client: Client) -> Arc<Context> {
@@ -43,104 +33,11 @@ pub fn context_fenced(client: Client, fence: Fence) -> Arc<Context> {
         "test",
         fence,
         Arc::new(Metrics::new(&METRIC_LABELS, Vec::new())),
-        readiness,
-        Arc::default(),
+        Observed {
+            readiness,
+            ..Observed::default()
+        },
     ))
-}
-
-/// One request, waiting for its answer.
-pub struct Exchange {
-    pub method: Method,
-    pub path: String,
-    /// The query string, without `?` (empty if none).
-    pub query: String,
-    pub content_type: String,
-    pub body: Value,
-    respond: mock::SendResponse<Response<Body>>,
-}
-
-impl ApiServer {
-    /// The next request a reconcile sends.
-    pub async fn next(&mut self) -> Exchange {
-        let (request, respond) = self
-            .0
-            .next_request()
-            .await
-            .expect("the client sends a request");
-        let (parts, body) = request.into_parts();
-        let bytes = body.collect().await.expect("a request body").to_bytes();
-        Exchange {
-            method: parts.method,
-            path: parts.uri.path().to_owned(),
-            query: parts.uri.query().unwrap_or_default().to_owned(),
-            content_type: parts
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned(),
-            body: as_object(serde_json::from_slice(&bytes).unwrap_or(Value::Null)),
-            respond,
-        }
-    }
-}
-
-/// A JSON patch's operations as the object they set (`/metadata/resourceVersion`, `/status`),
-/// so a test reads every write's body alike; any other body as it is.
-fn as_object(body: Value) -> Value {
-    let Value::Array(operations) = body else {
-        return body;
-    };
-    let mut object = json!({});
-    for operation in operations {
-        let path = operation["path"].as_str().unwrap_or_default();
-        let mut at = &mut object;
-        for segment in path.split('/').skip(1) {
-            at = &mut at[segment];
-        }
-        *at = operation["value"].clone();
-    }
-    object
-}
-
-impl ApiServer {
-    /// Whether nothing has been sent that was not taken with [`next`](Self::next) yet.
-    pub fn idle(&mut self) -> bool {
-        use futures::FutureExt;
-        self.0.next_request().now_or_never().is_none()
-    }
-}
-
-impl Exchange {
-    /// The object's name: the last path segment (before `/status`).
-    pub fn name(&self) -> &str {
-        let path = self.path.trim_end_matches("/status");
-        path.rsplit('/').next().unwrap_or_default()
-    }
-
-    /// Answers 200 with `body`.
-    pub fn ok(self, body: Value) {
-        self.answer(StatusCode::OK, body);
-    }
-
-    /// Answers `code` with a Status, as the API server refuses or fails a request.
-    pub fn fail(self, code: StatusCode) {
-        let body = json!({
-            "kind": "Status", "apiVersion": "v1", "status": "Failure",
-            "message": code.canonical_reason().unwrap_or("failed"), "code": code.as_u16(),
-        });
-        self.answer(code, body);
-    }
-
-    fn answer(self, code: StatusCode, body: Value) {
-        let body = Body::from(serde_json::to_vec(&body).expect("JSON"));
-        self.respond.send_response(
-            Response::builder()
-                .status(code)
-                .body(body)
-                .expect("a response"),
-        );
-    }
 }
 
 /// The status a merge patch in `exchange` leaves, as the API server stores it: a null removes

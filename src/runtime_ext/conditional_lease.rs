@@ -152,43 +152,38 @@ mod tests {
         api::{Patch, PatchParams},
     };
     use serde_json::{Value, json};
-    use tower_test::mock;
 
     use super::*;
+    use crate::mock_api::{ApiServer, mock_service};
 
     const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ns/leases/reserve-operator";
 
-    fn lease(version: &str, holder: &str) -> Vec<u8> {
-        serde_json::to_vec(&json!({
+    fn lease(version: &str, holder: &str) -> Value {
+        json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": "reserve-operator", "namespace": "ns", "resourceVersion": version},
             "spec": {"holderIdentity": holder},
-        }))
-        .unwrap()
+        })
     }
 
     async fn answer(
-        handle: &mut mock::Handle<Request<Body>, Response<Body>>,
+        server: &mut ApiServer,
         status: StatusCode,
-        body: Vec<u8>,
+        body: Value,
     ) -> (Method, String, Value) {
-        let (request, respond) = handle.next_request().await.expect("a request");
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let sent = collect(request.into_body()).await.unwrap();
-        let sent = serde_json::from_slice(&sent).unwrap_or(Value::Null);
-        respond.send_response(
-            Response::builder()
-                .status(status)
-                .body(Body::from(body))
-                .unwrap(),
+        let exchange = server.next().await;
+        let (method, path, sent) = (
+            exchange.method.clone(),
+            exchange.path.clone(),
+            exchange.body.clone(),
         );
+        exchange.answer(status, body);
         (method, path, sent)
     }
 
     #[tokio::test]
     async fn a_patch_carries_the_version_last_read_and_a_stale_one_is_refused() {
-        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let (service, mut handle) = mock_service();
         let client = conditional_lease_writes(Client::new(service, "ns"), "ns", "reserve-operator");
         let leases: Api<Lease> = Api::namespaced(client, "ns");
         let renewal = json!({"spec": {"renewTime": "2026-12-01T00:00:00.000000Z"}});
@@ -225,12 +220,7 @@ mod tests {
             );
             let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                 "reason": "Conflict", "code": 409, "message": "the object has been modified"});
-            let (_, _, sent) = answer(
-                &mut handle,
-                StatusCode::CONFLICT,
-                serde_json::to_vec(&conflict).unwrap(),
-            )
-            .await;
+            let (_, _, sent) = answer(&mut handle, StatusCode::CONFLICT, conflict).await;
             assert_eq!(
                 sent["metadata"]["resourceVersion"], "8",
                 "from the last answer"
@@ -245,7 +235,7 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_is_written_before_the_lease_was_read_and_other_objects_pass_through() {
-        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let (service, mut handle) = mock_service();
         let client = conditional_lease_writes(Client::new(service, "ns"), "ns", "reserve-operator");
         let leases: Api<Lease> = Api::namespaced(client, "ns");
         let patch = json!({"spec": {"holderIdentity": "b"}});

@@ -253,16 +253,15 @@ fn event_name(object: &str, suffix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{Request, Response};
-    use kube::client::Body;
-    use tower_test::mock;
+    use http::StatusCode;
 
-    type Handle = mock::Handle<Request<Body>, Response<Body>>;
+    use crate::mock_api::{ApiServer, mock_client};
+
+    type Handle = ApiServer;
 
     fn publisher() -> (EventPublisher, Handle) {
-        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(service, "default");
-        (EventPublisher::new(client, "test", "test-0"), handle)
+        let (client, server) = mock_client();
+        (EventPublisher::new(client, "test", "test-0"), server)
     }
 
     fn note() -> Note {
@@ -329,24 +328,18 @@ mod tests {
         code: u16,
         body: impl FnOnce(&serde_json::Value) -> serde_json::Value,
     ) -> (http::Method, String, serde_json::Value) {
-        let (request, respond) = handle.next_request().await.expect("a request");
-        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-        let sent = http_body_util::BodyExt::collect(request.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        let sent: serde_json::Value = serde_json::from_slice(&sent).unwrap_or_default();
-        let answer = if code < 300 {
-            body(&sent)
+        let exchange = handle.next().await;
+        let (method, path, sent) = (
+            exchange.method.clone(),
+            exchange.path.clone(),
+            exchange.body.clone(),
+        );
+        let code = StatusCode::from_u16(code).unwrap();
+        if code.is_success() {
+            exchange.answer(code, body(&sent));
         } else {
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                   "message": "failed", "code": code})
-        };
-        let response = Response::builder()
-            .status(code)
-            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-            .unwrap();
-        respond.send_response(response);
+            exchange.fail(code);
+        }
         (method, path, sent)
     }
 

@@ -1,5 +1,7 @@
 //! Who acts: identities for operators and users, and the RBAC bindings that let them.
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject};
 use kube::{
     Api, Client,
@@ -96,4 +98,127 @@ pub async fn grant_in_namespace(
         .create(&PostParams::default(), &binding)
         .await
         .unwrap_or_else(|e| panic!("bind {} to {role} in {namespace}: {e}", identity.user));
+}
+
+/// Where a grant of the operator's RBAC applies: cluster-wide (its ClusterRole, or a Role in the
+/// one namespace it watches) or in its own namespace (the Lease's Role).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Cluster,
+    OperatorNamespace,
+}
+
+/// One rule of the operator's RBAC.
+pub struct Grant {
+    pub scope: Scope,
+    pub group: &'static str,
+    pub resource: &'static str,
+    /// The one object the rule names, if it names one.
+    pub name: Option<&'static str>,
+    pub verbs: &'static [&'static str],
+    /// Whether it comes only with settlement (`manifests/settlement`, `settlement.enabled`).
+    pub settlement: bool,
+}
+
+const fn grant(
+    scope: Scope,
+    group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+) -> Grant {
+    Grant {
+        scope,
+        group,
+        resource,
+        name: None,
+        verbs,
+        settlement: false,
+    }
+}
+
+const GROUP: &str = "reserve.coffeechain.io";
+
+/// The operator's permissions, one table: the manifests test, the chart test and the
+/// ServiceAccount test (what the API server enforces, what the operator uses) all read it.
+pub const OPERATOR_GRANTS: &[Grant] = &[
+    grant(
+        Scope::Cluster,
+        GROUP,
+        "customers",
+        &["get", "list", "watch"],
+    ),
+    grant(Scope::Cluster, GROUP, "orders", &["get", "list", "watch"]),
+    grant(Scope::Cluster, GROUP, "ledgers", &["get", "list", "watch"]),
+    grant(Scope::Cluster, GROUP, "customers/status", &["patch"]),
+    grant(Scope::Cluster, GROUP, "orders/status", &["patch"]),
+    grant(Scope::Cluster, "events.k8s.io", "events", &["create"]),
+    grant(
+        Scope::OperatorNamespace,
+        "coordination.k8s.io",
+        "leases",
+        &["create"],
+    ),
+    Grant {
+        name: Some("reserve-operator"),
+        ..grant(
+            Scope::OperatorNamespace,
+            "coordination.k8s.io",
+            "leases",
+            &["get", "list", "watch", "patch"],
+        )
+    },
+    Grant {
+        settlement: true,
+        ..grant(Scope::Cluster, "", "namespaces", &["get", "list"])
+    },
+    Grant {
+        settlement: true,
+        ..grant(
+            Scope::Cluster,
+            GROUP,
+            "ledgers",
+            &["create", "patch", "update"],
+        )
+    },
+    Grant {
+        settlement: true,
+        ..grant(Scope::Cluster, GROUP, "orders", &["delete"])
+    },
+    Grant {
+        settlement: true,
+        ..grant(Scope::Cluster, "events.k8s.io", "events", &["get", "patch"])
+    },
+];
+
+/// The grants of `scope` (with settlement's, or only those without), one line per verb as
+/// `group/resource[name]:verb`, the form the tests read rules in.
+pub fn granted(scope: Scope, settlement: bool) -> BTreeSet<String> {
+    OPERATOR_GRANTS
+        .iter()
+        .filter(|g| g.scope == scope && (settlement || !g.settlement))
+        .flat_map(|g| {
+            g.verbs.iter().map(move |verb| {
+                format!(
+                    "{}/{}[{}]:{verb}",
+                    g.group,
+                    g.resource,
+                    g.name.unwrap_or_default()
+                )
+            })
+        })
+        .collect()
+}
+
+/// Every grant without settlement's as `group/resource:verb`, the form an audit event's
+/// request takes.
+pub fn granted_requests() -> BTreeSet<String> {
+    OPERATOR_GRANTS
+        .iter()
+        .filter(|g| !g.settlement)
+        .flat_map(|g| {
+            g.verbs
+                .iter()
+                .map(move |verb| format!("{}/{}:{verb}", g.group, g.resource))
+        })
+        .collect()
 }

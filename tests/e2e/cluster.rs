@@ -2,7 +2,7 @@
 //! their processes on the host.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     process::Command,
     sync::{
@@ -28,6 +28,8 @@ use reserve_testkit::{
 };
 use serde_json::Value;
 
+mod rollout;
+
 const SYSTEM: &str = "reserve-system";
 const SELECTOR: &str = "app.kubernetes.io/name=reserve-operator";
 const WAIT: Duration = reserve_testkit::FAIL_AFTER;
@@ -36,17 +38,6 @@ pub struct Cluster {
     pub node: Node,
     pub admin: Client,
     pub shop: Shop,
-}
-
-/// When the Lease's watch showed which holder (None: released).
-type Holder = (Instant, Option<String>);
-
-/// What a rolling update under load showed.
-pub struct Rollout {
-    pub rollout: Duration,
-    pub handover_gap: Duration,
-    pub two_leaders: usize,
-    pub worst_latency: Duration,
 }
 
 impl Cluster {
@@ -253,175 +244,6 @@ impl Cluster {
                 Some(f64::from(u8::from(leads)))
             );
             assert_eq!(metrics.value("reserve_ready", &[]), Some(1.0));
-        }
-    }
-
-    /// Changes an env var of the Deployment while orders keep coming, and watches the Lease
-    /// holders, the pods' own view of who leads, and each order's wait for its status.
-    pub async fn a_rolling_update_under_load_loses_nothing(&self) -> Rollout {
-        let stop = Arc::new(AtomicBool::new(false));
-        // Who says it leads, every 100 ms, through the pods' metrics.
-        let samples: Arc<Mutex<Vec<(Instant, usize)>>> = Arc::default();
-        let sampler = {
-            let (stop, samples, admin) = (stop.clone(), samples.clone(), self.admin.clone());
-            tokio::spawn(async move {
-                let pods: Api<Pod> = Api::namespaced(admin, SYSTEM);
-                while !stop.load(Ordering::Relaxed) {
-                    let list = pods
-                        .list(&ListParams::default().labels(SELECTOR))
-                        .await
-                        .map(|l| l.items)
-                        .unwrap_or_default();
-                    let mut leaders = 0;
-                    for pod in &list {
-                        if let Some(probe) = Self::probe(pod)
-                            && probe.is_leader().await == Some(true)
-                        {
-                            leaders += 1;
-                        }
-                    }
-                    samples.lock().unwrap().push((Instant::now(), leaders));
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-        };
-        // Who holds the Lease, as its watch tells.
-        let holders: Arc<Mutex<Vec<Holder>>> = Arc::default();
-        let lease_watch = {
-            let (holders, leases) = (
-                holders.clone(),
-                Api::<Lease>::namespaced(self.admin.clone(), SYSTEM),
-            );
-            tokio::spawn(async move {
-                let config = watcher::Config::default().fields("metadata.name=reserve-operator");
-                let mut events =
-                    std::pin::pin!(watcher(leases, config).default_backoff().applied_objects());
-                while let Some(event) = events.next().await {
-                    // A failed watch backs off and goes on: keep recording.
-                    let Ok(lease) = event else { continue };
-                    let lease: Lease = lease;
-                    let holder = lease.spec.and_then(|s| s.holder_identity);
-                    holders.lock().unwrap().push((Instant::now(), holder));
-                }
-            })
-        };
-        // Orders, one every 0.3 s, each created Completed; a watch notes when its status shows it.
-        let shown: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
-        let watch = {
-            let (shown, api) = (shown.clone(), self.shop.orders());
-            tokio::spawn(async move {
-                let mut events = std::pin::pin!(
-                    watcher(api, watcher::Config::default())
-                        .default_backoff()
-                        .applied_objects()
-                );
-                while let Some(event) = events.next().await {
-                    let Ok(order): Result<Order, _> = event else {
-                        continue;
-                    };
-                    if order.status.as_ref().and_then(|s| s.phase) == Some(OrderState::Completed) {
-                        shown
-                            .lock()
-                            .unwrap()
-                            .entry(order.name_any())
-                            .or_insert_with(Instant::now);
-                    }
-                }
-            })
-        };
-        let load = {
-            let (stop, api) = (stop.clone(), self.shop.orders());
-            tokio::spawn(async move {
-                let mut created = Vec::new();
-                let mut n = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let name = format!("roll-{n:04}");
-                    let order = fixtures::order(&name, "alice", 1, OrderState::Completed);
-                    if api.create(&PostParams::default(), &order).await.is_ok() {
-                        created.push((name, Instant::now()));
-                    }
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                created
-            })
-        };
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        self.kubectl(&[
-            "set",
-            "env",
-            "deployment/reserve-operator",
-            "-n",
-            SYSTEM,
-            "RESERVE_ROLLED=1",
-        ]);
-        let rollout = self.rollout_status();
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        stop.store(true, Ordering::Relaxed);
-        let created = load.await.unwrap();
-        sampler.await.unwrap();
-        // Every order's status, then the customer, exact.
-        let (mismatches, _) = self.shop.converge(&LevelPolicy::default(), WAIT).await;
-        assert!(mismatches.is_empty(), "{mismatches:#?}");
-        // No order of the rollout is lost: the watch shows each one's status.
-        eventually(
-            WAIT,
-            "every order of the rollout shown with its status",
-            || async {
-                let shown = shown.lock().unwrap();
-                created
-                    .iter()
-                    .all(|(name, _)| shown.contains_key(name))
-                    .then_some(())
-            },
-        )
-        .await;
-        watch.abort();
-        let shown = shown.lock().unwrap().clone();
-        let worst = created
-            .iter()
-            .map(|(name, at)| {
-                shown
-                    .get(name)
-                    .map_or(Duration::MAX, |s| s.saturating_duration_since(*at))
-            })
-            .max()
-            .unwrap_or_default();
-        lease_watch.abort();
-        let samples = samples.lock().unwrap().clone();
-        let two_leaders = samples.iter().filter(|(_, n)| *n > 1).count();
-        // The Lease's hand-over gap: from the moment it had no holder (released) or the
-        // previous holder's last event, to the next holder's first.
-        let holders = holders.lock().unwrap().clone();
-        let mut gap = Duration::ZERO;
-        for pair in holders.windows(2) {
-            let ((before, was), (after, is)) = (&pair[0], &pair[1]);
-            if is.is_some() && is != was {
-                gap = gap.max(*after - *before);
-            }
-        }
-        let handovers = holders
-            .windows(2)
-            .filter(|p| p[1].1.is_some() && p[1].1 != p[0].1)
-            .count();
-        println!(
-            "rolling update: {:.1}s, {} orders during it, worst wait for a status {:.3}s, {handovers} Lease hand-overs, the longest {:.3}s, {two_leaders} of {} samples of the pods' own view with two leaders",
-            rollout.as_secs_f64(),
-            created.len(),
-            worst.as_secs_f64(),
-            gap.as_secs_f64(),
-            samples.len()
-        );
-        assert_eq!(two_leaders, 0, "two pods led at once");
-        assert!(
-            handovers >= 1,
-            "the rolling update moved no Lease: {holders:?}"
-        );
-        Rollout {
-            rollout,
-            handover_gap: gap,
-            two_leaders,
-            worst_latency: worst,
         }
     }
 

@@ -19,6 +19,7 @@ use reserve_testkit::{
     audit::AuditEvent,
     control_plane::text,
     eventually, fixtures, operator_bin,
+    rbac::{self, Scope},
     shop::{
         LEASE_ROLE, OPERATOR_NAMESPACE, OPERATOR_ROLE, fresh_namespace, grant_lease,
         operator_identity,
