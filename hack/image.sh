@@ -4,6 +4,9 @@
 # 65532, an empty /tmp; written as an OCI archive.
 #
 #   hack/image.sh operator         target/image/reserve-operator-<version>.oci.tar (reserve-operator:<version>)
+#   hack/image.sh operator-prime   target/image/reserve-operator-<version>-prime.oci.tar: the same
+#                                  binary in a new image (another tag and digest), for the tests'
+#                                  rolling update from this code to this code
 #   hack/image.sh pause DIR        DIR/pause.oci.tar (reserve.local/pause:1), the test node's sandbox image
 #
 # Needs buildah (Debian: buildah); the pause image needs gcc with static libc (libc6-dev).
@@ -60,15 +63,21 @@ image() {
 }
 
 case ${1:-} in
-  operator)
+  operator | operator-prime)
     version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+    tag=$version
+    extra=()
+    if [[ $1 == operator-prime ]]; then
+      tag=$version-prime
+      extra=(--label org.opencontainers.image.revision=prime)
+    fi
     cargo build --quiet --release -p reserve-operator
     rootfs "$work/root" target/release/reserve-operator reserve-operator
     # The same user, entrypoint, command and port as the Dockerfile (a test checks).
-    image "$work/root" "reserve-operator:$version" "target/image/reserve-operator-$version.oci.tar" \
+    image "$work/root" "reserve-operator:$tag" "target/image/reserve-operator-$tag.oci.tar" \
       --user 65532:65532 --entrypoint '["/reserve-operator"]' --cmd '["run"]' --port 8080/tcp \
       --label org.opencontainers.image.title=reserve-operator \
-      --label "org.opencontainers.image.version=$version"
+      --label "org.opencontainers.image.version=$version" "${extra[@]}"
     ;;
   pause)
     out=${2:?usage: hack/image.sh pause DIR}

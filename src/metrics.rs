@@ -1,6 +1,6 @@
 //! Prometheus metrics, served on `/metrics` in the format the scraper asks for.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::{
     collector::Collector,
@@ -18,6 +18,19 @@ pub struct ControllerLabel {
 pub struct ErrorLabels {
     pub controller: String,
     pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    verb: &'static str,
+    resource: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestTimeLabels {
+    verb: &'static str,
+    resource: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,9 +75,14 @@ pub struct Metrics {
     leader: Gauge,
     settled: Counter,
     passes: Counter,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RequestTimeLabels, Histogram>,
 }
 
-const CONTROLLERS: [&str; 2] = ["customer", "order"];
+/// The controllers' names: the `controller` label of metrics, logs and Events.
+pub const CUSTOMER_CONTROLLER: &str = "customer";
+pub const ORDER_CONTROLLER: &str = "order";
+const CONTROLLERS: [&str; 2] = [CUSTOMER_CONTROLLER, ORDER_CONTROLLER];
 
 impl Metrics {
     /// The operator's metrics, plus what `collectors` report at each scrape.
@@ -131,6 +149,22 @@ impl Metrics {
             "Settlement passes completed: every customer with orders due looked at once",
             passes.clone(),
         );
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests of the operator to the API server, per verb, resource and answer code \
+             (\"error\": no answer)",
+            requests.clone(),
+        );
+        let request_duration = Family::<RequestTimeLabels, Histogram>::new_with_constructor(
+            request_buckets as fn() -> Histogram,
+        );
+        registry.register(
+            "api_request_duration_seconds",
+            "Time until the API server's answer (a watch: until it is established), per verb and \
+             resource",
+            request_duration.clone(),
+        );
         for collector in collectors {
             registry.register_collector(collector);
         }
@@ -161,7 +195,26 @@ impl Metrics {
             leader,
             settled,
             passes,
+            requests,
+            request_duration,
         }
+    }
+
+    /// Counts one request to the API server and its time.
+    pub fn api_request(&self, verb: &'static str, resource: &str, code: &str, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                verb,
+                resource: resource.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&RequestTimeLabels {
+                verb,
+                resource: resource.to_owned(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// Counts a reconcile and times it until the guard is dropped.
@@ -234,6 +287,12 @@ impl Metrics {
             Format::Text => openmetrics_to_text(&text),
         }
     }
+}
+
+fn request_buckets() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
 }
 
 fn reconcile_buckets() -> Histogram {

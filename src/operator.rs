@@ -20,10 +20,11 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::{
+    api_metrics,
     cli::RunArgs,
     controller::{
-        self, Context, CustomersPerLevel, LedgerCounts, METRIC_LABELS, Readiness, ReadyCollector,
-        SharedIndex,
+        self, Context, CustomersPerLevel, LedgerCounts, METRIC_LABELS, Observed, Readiness,
+        ReadyCollector,
     },
     leader::{self, Election, Fence},
     metrics::Metrics,
@@ -90,23 +91,27 @@ pub async fn run(
     let alive = Arc::new(AtomicBool::new(true));
 
     let (caches, writers) = controller::caches();
-    let index = SharedIndex::default();
+    let observed = Observed {
+        readiness: readiness.clone(),
+        ..Observed::default()
+    };
     let metrics = Arc::new(Metrics::new(
         &METRIC_LABELS,
         vec![
-            Box::new(CustomersPerLevel(index.clone())),
+            Box::new(CustomersPerLevel(observed.index.clone())),
+            Box::new(observed.backlogs.clone()),
             Box::new(LedgerCounts(caches.ledgers.clone())),
             Box::new(ReadyCollector(readiness.clone())),
         ],
     ));
+    let client = api_metrics::metered(client, metrics.clone());
     let ctx = Arc::new(Context::new(
         client.clone(),
         args.levels.clone(),
         &identity,
         fence.clone(),
         metrics,
-        readiness.clone(),
-        index,
+        observed,
     ));
     let server = client.apiserver_version().await.ok().and_then(|info| {
         let number = |s: &str| s.trim_end_matches('+').parse::<u32>().ok();

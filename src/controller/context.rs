@@ -9,26 +9,24 @@ use std::{
 use kube::{Client, Resource, runtime::reflector::ObjectRef};
 
 use super::{
+    backlog::{Backlog, Backlogs},
+    declared::FIELD_MANAGER,
     error::{Error, ErrorKind},
     freshness::Freshness,
     index::Index,
     objects::Objects,
     pacer,
     readiness::Readiness,
-    status::{FIELD_MANAGER, Guards, StatusWriter},
+    status::{Guards, StatusWriter},
     triggers::Triggers,
 };
 use crate::{
     crd::{Customer, CustomerStatus, Order, OrderStatus},
     leader::Fence,
     loyalty::LevelPolicy,
-    metrics::Metrics,
+    metrics::{CUSTOMER_CONTROLLER, Metrics, ORDER_CONTROLLER},
     runtime_ext::{Backoff, EventPublisher},
 };
-
-/// The controllers' names: the `controller` label of metrics, logs and Events.
-pub const CUSTOMER_CONTROLLER: &str = "customer";
-pub const ORDER_CONTROLLER: &str = "order";
 
 /// What the operator keeps per reconciled kind: its status writer and, in one table, what it
 /// knows of each object ([`Objects`]): its unseen write, its failures, its pace.
@@ -38,13 +36,15 @@ pub struct Kind<K: Resource, S> {
     pub writer: StatusWriter<K, S>,
     objects: Arc<Objects<K, S>>,
     backoff: Backoff,
+    /// What its queue holds, for the metrics.
+    pub backlog: Arc<Backlog>,
 }
 
 impl<K, S> Kind<K, S>
 where
     K: Resource<DynamicType = ()>,
 {
-    fn new(client: Client, controller: &'static str, guards: Guards) -> Self
+    fn new(client: Client, controller: &'static str, guards: Guards, backlog: Arc<Backlog>) -> Self
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -58,6 +58,7 @@ where
             writer: StatusWriter::new(client, controller, guards, objects.clone()),
             objects,
             backoff: Backoff::default(),
+            backlog,
         }
     }
 
@@ -111,6 +112,15 @@ pub struct Context {
     pub freshness: Arc<Freshness>,
 }
 
+/// What a Context shares with what reads it from outside: the probes and the metrics counted
+/// at each scrape.
+#[derive(Clone, Default)]
+pub struct Observed {
+    pub readiness: Readiness,
+    pub index: SharedIndex,
+    pub backlogs: Backlogs,
+}
+
 impl Context {
     pub fn new(
         client: Client,
@@ -118,9 +128,13 @@ impl Context {
         identity: &str,
         fence: Fence,
         metrics: Arc<Metrics>,
-        readiness: Readiness,
-        index: SharedIndex,
+        observed: Observed,
     ) -> Self {
+        let Observed {
+            readiness,
+            index,
+            backlogs,
+        } = observed;
         let freshness = Arc::<Freshness>::default();
         let guards = Guards {
             fence: fence.clone(),
@@ -132,8 +146,18 @@ impl Context {
             client: client.clone(),
             policy,
             index,
-            customers: Kind::new(client.clone(), CUSTOMER_CONTROLLER, guards.clone()),
-            orders: Kind::new(client.clone(), ORDER_CONTROLLER, guards),
+            customers: Kind::new(
+                client.clone(),
+                CUSTOMER_CONTROLLER,
+                guards.clone(),
+                backlogs.customers.clone(),
+            ),
+            orders: Kind::new(
+                client.clone(),
+                ORDER_CONTROLLER,
+                guards,
+                backlogs.orders.clone(),
+            ),
             fence,
             events: EventPublisher::new(client, FIELD_MANAGER, identity),
             metrics,

@@ -19,6 +19,7 @@
 //! half of its orders, or without its ledger, would publish a wrong score. With `--settle-after`,
 //! the term also runs [`settlement`].
 
+mod backlog;
 mod collectors;
 pub mod conditions;
 mod context;
@@ -46,13 +47,13 @@ mod tests;
 mod triggers;
 mod watches;
 
+pub use backlog::Backlogs;
 pub use collectors::{CustomersPerLevel, LedgerCounts};
-pub use context::{Context, SharedIndex};
+pub use context::{Context, Observed, SharedIndex};
+pub use declared::FIELD_MANAGER;
 pub use error::{Error, METRIC_LABELS};
-pub use feed::Wakes;
 pub use index::{Index, OrderKey};
 pub use readiness::{Readiness, ReadyCollector};
-pub use status::FIELD_MANAGER;
 pub use term::{CUSTOMER_SHARE, ORDER_SHARE, RESYNC, lead};
-pub use triggers::Triggers;
+pub use triggers::{Triggers, Wakes};
 pub use watches::{CacheWriters, Caches, Watches, caches, watch};

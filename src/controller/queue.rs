@@ -1,6 +1,6 @@
 //! The work queue every kind's reconciles run on. It holds keys, not objects: the reconcile
-//! reads what it needs when it runs (a Customer from its cache, an Order from the index, which
-//! keeps no whole Orders), so what it reads is never older than the wake.
+//! reads what it needs when it runs (a Customer's or an Order's facts from the index, which
+//! keeps no whole objects), so what it reads is never older than the wake.
 //!
 //! - A key woken several times while it waits runs once.
 //! - At most one reconcile runs per key; a wake that arrives meanwhile runs it once more after.
@@ -17,6 +17,8 @@
 //!   drawn may be looked at once more when the sweep reaches it.
 //! - A reconcile may ask to run again after a delay (a retry, which counts as a change).
 //! - When `stop` resolves, nothing new starts; the reconciles in flight finish first.
+//! - What waits and runs is shown on a [`Backlog`] for the metrics, with since when the oldest
+//!   waiting change has waited.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -27,10 +29,16 @@ use std::{
 };
 
 use futures::{StreamExt, stream::FuturesUnordered};
-use tokio::sync::mpsc::{UnboundedReceiver, error::TryRecvError};
+use tokio::{
+    sync::mpsc::{UnboundedReceiver, error::TryRecvError},
+    time::Instant,
+};
 use tokio_util::time::DelayQueue;
 
-use super::slots::Share;
+use super::{
+    backlog::{Backlog, Shown},
+    slots::Share,
+};
 
 /// How many keys a queue draws from a sweep at a time.
 pub const SWEEP_BATCH: usize = 256;
@@ -56,11 +64,13 @@ pub enum Lane {
 }
 
 /// Runs `reconcile` for the keys that arrive on `wakes`, each in a slot of `slots`, until
-/// `wakes` closes or `stop` resolves. `reconcile` returns when to run the key again, if it must.
+/// `wakes` closes or `stop` resolves, showing what waits and runs on `backlog`. `reconcile`
+/// returns when to run the key again, if it must.
 pub async fn run<T, F, Fut>(
     mut wakes: UnboundedReceiver<Wake<T>>,
     stop: impl Future<Output = ()>,
     mut slots: Share,
+    backlog: Arc<Backlog>,
     reconcile: F,
 ) where
     T: Clone + Eq + Hash,
@@ -95,7 +105,9 @@ pub async fn run<T, F, Fut>(
             });
         }
         slots.waiting(!stopping && queue.waits());
+        backlog.show(queue.shown());
         if stopping && in_flight.is_empty() {
+            backlog.show(Shown::default());
             return;
         }
         tokio::select! {
@@ -124,11 +136,11 @@ pub async fn run<T, F, Fut>(
 struct Queue<T> {
     changes: VecDeque<Arc<T>>,
     sweeps: VecDeque<Arc<T>>,
-    /// Every waiting key and the lane it waits in. A key promoted from the sweep lane to the
-    /// change lane leaves a stale entry behind in `sweeps`, skipped when it comes up.
-    waiting: HashMap<Arc<T>, Lane>,
+    /// Every waiting key, the lane it waits in and since when. A key promoted from the sweep
+    /// lane to the change lane leaves a stale entry behind in `sweeps`, skipped when it comes up.
+    waiting: HashMap<Arc<T>, (Lane, Instant)>,
     running: HashSet<T>,
-    again: HashMap<T, Lane>,
+    again: HashMap<T, (Lane, Instant)>,
     /// The sweep still being drawn, if any.
     sweep: Option<Sweep<T>>,
 }
@@ -160,23 +172,29 @@ impl<T: Clone + Eq + Hash> Queue<T> {
     }
 
     fn wake(&mut self, key: T, lane: Lane) {
+        self.wake_since(key, lane, Instant::now());
+    }
+
+    /// Wakes `key` in `lane`, as a wake at `since` (a change that waited while its key ran
+    /// keeps its age).
+    fn wake_since(&mut self, key: T, lane: Lane, since: Instant) {
         if self.running.contains(&key) {
-            let again = self.again.entry(key).or_insert(lane);
-            if lane == Lane::Change {
-                *again = Lane::Change;
+            let again = self.again.entry(key).or_insert((lane, since));
+            if (again.0, lane) == (Lane::Sweep, Lane::Change) {
+                *again = (Lane::Change, since);
             }
             return;
         }
-        if let Some((shared, waits)) = self.waiting.get_key_value(&key) {
+        if let Some((shared, (waits, _))) = self.waiting.get_key_value(&key) {
             if (*waits, lane) == (Lane::Sweep, Lane::Change) {
                 let shared = shared.clone();
-                self.waiting.insert(shared.clone(), Lane::Change);
+                self.waiting.insert(shared.clone(), (Lane::Change, since));
                 self.changes.push_back(shared);
             }
             return;
         }
         let shared = Arc::new(key);
-        self.waiting.insert(shared.clone(), lane);
+        self.waiting.insert(shared.clone(), (lane, since));
         match lane {
             Lane::Change => self.changes.push_back(shared),
             Lane::Sweep => self.sweeps.push_back(shared),
@@ -192,7 +210,7 @@ impl<T: Clone + Eq + Hash> Queue<T> {
                 Some(key) => (key, Lane::Change),
                 None => (self.sweeps.pop_front()?, Lane::Sweep),
             };
-            if self.waiting.get(&key) == Some(&lane) {
+            if self.waiting.get(&key).map(|(waits, _)| *waits) == Some(lane) {
                 break key;
             }
         };
@@ -219,10 +237,27 @@ impl<T: Clone + Eq + Hash> Queue<T> {
         }
     }
 
+    /// What waits and runs, and since when the oldest waiting change has waited (the change
+    /// lane is in the order of its wakes; a key woken again while it runs waits as well).
+    fn shown(&self) -> Shown {
+        let front = self.changes.front().and_then(|key| self.waiting.get(key));
+        let again = self.again.values();
+        Shown {
+            waiting: self.waiting.len() + self.again.len(),
+            running: self.running.len(),
+            oldest_change: front
+                .into_iter()
+                .chain(again)
+                .filter(|(lane, _)| *lane == Lane::Change)
+                .map(|(_, since)| *since)
+                .min(),
+        }
+    }
+
     fn finished(&mut self, key: &T) {
         self.running.remove(key);
-        if let Some(lane) = self.again.remove(key) {
-            self.wake(key.clone(), lane);
+        if let Some((lane, since)) = self.again.remove(key) {
+            self.wake_since(key.clone(), lane, since);
         }
         // A burst leaves big, empty tables behind; give the memory back.
         if self.waiting.is_empty() && self.running.is_empty() {
@@ -238,325 +273,4 @@ impl<T: Clone + Eq + Hash> Queue<T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::{
-        collections::HashMap,
-        sync::{Arc, Mutex},
-        time::Duration,
-    };
-
-    use futures::FutureExt;
-    use tokio::sync::{mpsc::unbounded_channel, oneshot};
-
-    use super::*;
-    use crate::controller::slots::Slots;
-
-    /// The slots of a queue alone.
-    fn slots(concurrency: usize) -> Share {
-        Slots::new(&[concurrency]).share(0)
-    }
-
-    /// What the reconciles saw: each start and end, in order.
-    #[derive(Clone, Default)]
-    struct Log(Arc<Mutex<Vec<String>>>);
-
-    impl Log {
-        fn push(&self, entry: String) {
-            self.0.lock().unwrap().push(entry);
-        }
-        fn entries(&self) -> Vec<String> {
-            self.0.lock().unwrap().clone()
-        }
-    }
-
-    /// A reconcile that logs its start, takes a second, and logs its end.
-    async fn takes_a_second(log: Log, key: &'static str) -> Option<Duration> {
-        log.push(format!("start {key}"));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        log.push(format!("end {key}"));
-        None
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn wakes_fold_while_waiting_and_rerun_once_while_running() {
-        let (wake, wakes) = unbounded_channel();
-        let log = Log::default();
-        let runner = {
-            let log = log.clone();
-            tokio::spawn(run(wakes, std::future::pending(), slots(1), move |key| {
-                takes_a_second(log.clone(), key)
-            }))
-        };
-        for key in ["a", "a", "b", "b", "a"] {
-            wake.send(Wake::Changed(key)).unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        // "a" runs; woken twice more while it runs: once more after, not twice.
-        wake.send(Wake::Changed("a")).unwrap();
-        wake.send(Wake::Changed("a")).unwrap();
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        assert_eq!(
-            log.entries(),
-            ["start a", "end a", "start b", "end b", "start a", "end a"]
-        );
-        drop(wake);
-        runner.await.unwrap();
-    }
-
-    type Runs = HashMap<u32, (usize, usize, usize)>;
-
-    /// Runs a queue of `concurrency` over `wakes` (each woken, then a pause) with reconciles of
-    /// 100 ms; returns, per key, the most reconciles that ran at once and how many ran, and the
-    /// most that ran at once in all.
-    async fn overlaps(
-        concurrency: usize,
-        wakes: Vec<(Vec<u32>, Duration)>,
-    ) -> (HashMap<u32, (usize, usize)>, usize) {
-        let (wake, woken) = unbounded_channel();
-        // Per key: running now, the most at once, how many ran; and the same in all.
-        let runs: Arc<Mutex<Runs>> = Arc::default();
-        let total = Arc::new(Mutex::new((0usize, 0usize)));
-        let runner = {
-            let (runs, total) = (runs.clone(), total.clone());
-            tokio::spawn(run(
-                woken,
-                std::future::pending(),
-                slots(concurrency),
-                move |key: u32| {
-                    let (runs, total) = (runs.clone(), total.clone());
-                    async move {
-                        {
-                            let mut runs = runs.lock().unwrap();
-                            let run = runs.entry(key).or_default();
-                            run.0 += 1;
-                            run.1 = run.1.max(run.0);
-                            run.2 += 1;
-                            let mut total = total.lock().unwrap();
-                            total.0 += 1;
-                            total.1 = total.1.max(total.0);
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        runs.lock().unwrap().get_mut(&key).unwrap().0 -= 1;
-                        total.lock().unwrap().0 -= 1;
-                        None
-                    }
-                },
-            ))
-        };
-        for (keys, pause) in wakes {
-            for key in keys {
-                wake.send(Wake::Changed(key)).unwrap();
-            }
-            tokio::time::sleep(pause).await;
-        }
-        drop(wake);
-        runner.await.unwrap();
-        let per_key = runs
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(key, (_, most, ran))| (*key, (*most, *ran)))
-            .collect();
-        (per_key, total.lock().unwrap().1)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn one_reconcile_per_key_at_once_even_with_free_slots() {
-        // Two keys woken again and again while they run, with slots to spare.
-        let rounds = (0..20)
-            .map(|round| (vec![0, 1], Duration::from_millis(30 + round % 3 * 20)))
-            .collect();
-        let (per_key, _) = overlaps(4, rounds).await;
-        for (key, (most, ran)) in per_key {
-            assert_eq!(most, 1, "key {key} ran {most} reconciles at once");
-            assert!(ran >= 5, "key {key} ran only {ran} times");
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn no_more_reconciles_at_once_than_the_concurrency() {
-        let (per_key, most) = overlaps(3, vec![((0..10).collect(), Duration::from_secs(2))]).await;
-        assert_eq!(most, 3);
-        assert_eq!(per_key.len(), 10, "every key ran");
-    }
-
-    /// Two queues on one set of slots (3 for customers, 1 for orders), with reconciles of
-    /// 100 ms that count how many of each kind run.
-    #[tokio::test(start_paused = true)]
-    async fn queues_lend_idle_slots_and_get_them_back_first() {
-        let slots = Slots::new(&[3, 1]);
-        let running: Arc<Mutex<[usize; 2]>> = Arc::default();
-        let queue = |kind: usize| {
-            let (wake, wakes) = unbounded_channel::<Wake<u32>>();
-            let running = running.clone();
-            let runner = tokio::spawn(run(
-                wakes,
-                std::future::pending(),
-                slots.share(kind),
-                move |_| {
-                    let running = running.clone();
-                    async move {
-                        running.lock().unwrap()[kind] += 1;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        running.lock().unwrap()[kind] -= 1;
-                        None
-                    }
-                },
-            ));
-            (wake, runner)
-        };
-        let (customers, customer_queue) = queue(0);
-        let (orders, order_queue) = queue(1);
-        for key in 0..100 {
-            orders.send(Wake::Changed(key)).unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(
-            *running.lock().unwrap(),
-            [0, 4],
-            "no customer waits: orders borrow"
-        );
-        for key in 0..30 {
-            customers.send(Wake::Changed(key)).unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(
-            *running.lock().unwrap(),
-            [3, 1],
-            "the borrowed slots went back to the customers as the orders ended"
-        );
-        drop((customers, orders));
-        customer_queue.await.unwrap();
-        order_queue.await.unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_change_runs_before_a_sweeps_backlog() {
-        let (wake, wakes) = unbounded_channel();
-        let log = Log::default();
-        let runner = {
-            let log = log.clone();
-            tokio::spawn(run(wakes, std::future::pending(), slots(1), move |key| {
-                takes_a_second(log.clone(), key)
-            }))
-        };
-        // A sweep of four keys; while the first runs, "d" and then "x" change.
-        wake.send(sweep(["a", "b", "c", "d"])).unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        wake.send(Wake::Changed("x")).unwrap();
-        wake.send(Wake::Changed("d")).unwrap();
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let started: Vec<String> = log
-            .entries()
-            .into_iter()
-            .filter_map(|e| e.strip_prefix("start ").map(str::to_owned))
-            .collect();
-        assert_eq!(started, ["a", "x", "d", "b", "c"]);
-        drop(wake);
-        runner.await.unwrap();
-    }
-
-    fn sweep<T: Send + 'static>(
-        keys: impl IntoIterator<Item = T, IntoIter: Send + 'static>,
-    ) -> Wake<T> {
-        Wake::Sweep(Box::new(keys.into_iter()))
-    }
-
-    /// Runs `queue` with reconciles that end at once: the keys in the order they ran, and the
-    /// most keys that waited at once.
-    fn run_through(queue: &mut Queue<u32>) -> (Vec<u32>, usize) {
-        let (mut ran, mut most) = (Vec::new(), 0);
-        while let Some(key) = queue.start() {
-            most = most.max(queue.waiting.len() + queue.sweeps.len());
-            ran.push(key);
-            queue.finished(&key);
-        }
-        (ran, most)
-    }
-
-    #[test]
-    fn a_sweep_is_drawn_a_batch_at_a_time() {
-        let mut queue = Queue::default();
-        queue.told(sweep(0..10_000));
-        let (ran, most) = run_through(&mut queue);
-        assert_eq!(
-            ran,
-            (0..10_000).collect::<Vec<_>>(),
-            "every key, once, in order"
-        );
-        assert!(
-            most <= 2 * SWEEP_BATCH,
-            "{most} keys waited at once for a sweep of 10,000"
-        );
-    }
-
-    #[test]
-    fn a_newer_sweep_replaces_what_is_left_of_the_one_being_drawn() {
-        let mut queue = Queue::default();
-        queue.told(sweep(0..10_000));
-        let first = queue.start().unwrap();
-        queue.finished(&first);
-        queue.told(sweep([20_000, 20_001]));
-        queue.told(Wake::Changed(30_000));
-        let (ran, _) = run_through(&mut queue);
-        let drawn = SWEEP_BATCH as u32;
-        let expected: Vec<u32> = [30_000]
-            .into_iter()
-            .chain(1..drawn)
-            .chain([20_000, 20_001])
-            .collect();
-        assert_eq!(
-            ran, expected,
-            "the change, the rest of the batch already drawn, then the newer sweep"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_reconcile_that_asks_runs_again_after_its_delay() {
-        let (wake, wakes) = unbounded_channel();
-        let log = Log::default();
-        let started = tokio::time::Instant::now();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let runner = {
-            let log = log.clone();
-            tokio::spawn(run(
-                wakes,
-                stopped.map(drop),
-                slots(4),
-                move |key: &'static str| {
-                    let log = log.clone();
-                    let at = started.elapsed().as_secs();
-                    async move {
-                        log.push(format!("{key} at {at}"));
-                        (at < 5).then_some(Duration::from_secs(5))
-                    }
-                },
-            ))
-        };
-        wake.send(Wake::Changed("x")).unwrap();
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(log.entries(), ["x at 0", "x at 5"]);
-        stop.send(()).unwrap();
-        runner.await.unwrap();
-        drop(wake);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_stop_lets_what_runs_finish_and_starts_nothing_new() {
-        let (wake, wakes) = unbounded_channel();
-        let log = Log::default();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let runner = {
-            let log = log.clone();
-            tokio::spawn(run(wakes, stopped.map(drop), slots(1), move |key| {
-                takes_a_second(log.clone(), key)
-            }))
-        };
-        wake.send(Wake::Changed("a")).unwrap();
-        wake.send(Wake::Changed("b")).unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        stop.send(()).unwrap();
-        runner.await.unwrap();
-        assert_eq!(log.entries(), ["start a", "end a"]);
-    }
-}
+mod tests;

@@ -114,15 +114,23 @@ pub async fn lead(
     info!("reconciling");
 
     let slots = Slots::new(&[CUSTOMER_SHARE, ORDER_SHARE]);
-    let customers = queue::run(queues.customers, stop.clone(), slots.share(0), |object| {
-        let ctx = ctx.clone();
-        async move {
-            let key = CustomerKey::of_ref(&object);
-            let kind = &ctx.customers;
-            settle(&ctx, kind, &object, customer::reconcile(&key, &ctx)).await
-        }
-    });
-    let orders = queue::run(queues.orders, stop, slots.share(1), |key| {
+    let (customers_backlog, orders_backlog) =
+        (ctx.customers.backlog.clone(), ctx.orders.backlog.clone());
+    let customers = queue::run(
+        queues.customers,
+        stop.clone(),
+        slots.share(0),
+        customers_backlog,
+        |object| {
+            let ctx = ctx.clone();
+            async move {
+                let key = CustomerKey::of_ref(&object);
+                let kind = &ctx.customers;
+                settle(&ctx, kind, &object, customer::reconcile(&key, &ctx)).await
+            }
+        },
+    );
+    let orders = queue::run(queues.orders, stop, slots.share(1), orders_backlog, |key| {
         let ctx = ctx.clone();
         async move {
             let object = key.object_ref();

@@ -23,6 +23,30 @@ pub struct OperatorStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseState>,
     pub replicas: Vec<Replica>,
+    /// What waits in the leader's queues, from its /metrics (None without a leader to ask).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work: Option<Work>,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Work {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<Queue>,
+    /// Why the leader's /metrics could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
+}
+
+/// One controller's queue on the leader.
+#[derive(Serialize, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Queue {
+    pub controller: String,
+    pub waiting: f64,
+    pub running: f64,
+    /// How long the oldest waiting change has waited.
+    pub oldest_change_seconds: f64,
 }
 
 #[derive(Serialize, Debug, PartialEq)]
@@ -110,24 +134,73 @@ pub async fn read(client: &Client, namespace: &str) -> Result<OperatorStatus, Pl
         });
     }
     replicas.sort_by(|a, b| a.pod.cmp(&b.pod));
+    let work = match replicas.iter().find(|r| r.leads) {
+        Some(leader) => Some(
+            match proxied(client, namespace, &leader.pod, "metrics").await {
+                Ok(text) => Work {
+                    queues: queues(&text),
+                    unreadable: None,
+                },
+                Err(why) => Work {
+                    queues: Vec::new(),
+                    unreadable: Some(why),
+                },
+            },
+        ),
+        None => None,
+    };
     Ok(OperatorStatus {
         namespace: namespace.to_owned(),
         lease,
         replicas,
+        work,
     })
+}
+
+/// The queues in a /metrics text: depth, reconciles in flight and the oldest change's wait,
+/// per controller.
+fn queues(metrics: &str) -> Vec<Queue> {
+    let value = |family: &str, controller: &str| {
+        let prefix = format!("{family}{{controller=\"{controller}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    ["customer", "order"]
+        .into_iter()
+        .map(|controller| Queue {
+            controller: controller.to_owned(),
+            waiting: value("reserve_queue_depth", controller),
+            running: value("reserve_reconciles_in_flight", controller),
+            oldest_change_seconds: value("reserve_queue_oldest_change_seconds", controller),
+        })
+        .collect()
 }
 
 /// What the pod's /readyz answers, through the API server's proxy.
 async fn readyz(client: &Client, namespace: &str, pod: &str) -> String {
-    let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}:{PROBE_PORT}/proxy/readyz");
+    proxied(client, namespace, pod, "readyz")
+        .await
+        .unwrap_or_else(|why| why)
+}
+
+/// What the pod answers at `/path` through the API server's proxy; a refusal's reason (a 503
+/// of /readyz carries it as its body), or why it could not be read.
+async fn proxied(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    path: &str,
+) -> Result<String, String> {
+    let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}:{PROBE_PORT}/proxy/{path}");
     let request = http::Request::get(path)
         .body(Vec::new())
         .expect("a GET request builds");
     match client.request_text(request).await {
-        Ok(text) => text.trim().to_owned(),
-        // 503 carries the reason as its body.
-        Err(kube::Error::Api(status)) => status.message.trim().to_owned(),
-        Err(error) => format!("unreadable: {error}"),
+        Ok(text) => Ok(text.trim().to_owned()),
+        Err(kube::Error::Api(status)) => Err(status.message.trim().to_owned()),
+        Err(error) => Err(format!("unreadable: {error}")),
     }
 }
 
@@ -201,6 +274,28 @@ pub fn render(status: &OperatorStatus) -> String {
             r.readyz.replace('\n', " ")
         );
     }
+    match &status.work {
+        Some(Work {
+            unreadable: Some(why),
+            ..
+        }) => {
+            let _ = writeln!(
+                out,
+                "\nWork on the leader: its /metrics could not be read: {why}"
+            );
+        }
+        Some(Work { queues, .. }) => {
+            let _ = writeln!(out, "\nWork on the leader:");
+            for q in queues {
+                let _ = writeln!(
+                    out,
+                    "  {:<8}  {} waiting, {} running, the oldest change waiting for {:.1}s",
+                    q.controller, q.waiting, q.running, q.oldest_change_seconds
+                );
+            }
+        }
+        None => {}
+    }
     out
 }
 
@@ -236,6 +331,17 @@ mod tests {
                     readyz: "watch of orders failing".into(),
                 },
             ],
+            work: Some(Work {
+                queues: queues(concat!(
+                    "reserve_queue_depth{controller=\"customer\"} 0\n",
+                    "reserve_queue_depth{controller=\"order\"} 1204\n",
+                    "reserve_reconciles_in_flight{controller=\"customer\"} 0\n",
+                    "reserve_reconciles_in_flight{controller=\"order\"} 40\n",
+                    "reserve_queue_oldest_change_seconds{controller=\"customer\"} 0.0\n",
+                    "reserve_queue_oldest_change_seconds{controller=\"order\"} 12.34\n",
+                )),
+                unreadable: None,
+            }),
         };
         let text = render(&status);
         assert!(
@@ -243,6 +349,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Replicas: 1 of 2 ready"), "{text}");
+        assert!(
+            text.contains(
+                "  order     1204 waiting, 40 running, the oldest change waiting for 12.3s"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "reserve-operator-b  Running  false  false  3         watch of orders failing"
@@ -262,6 +374,7 @@ mod tests {
                 held: false,
             }),
             replicas: vec![],
+            work: None,
         };
         let text = render(&status);
         assert!(

@@ -4,6 +4,7 @@
 //! machine. Teardown leaves no process, mount, network namespace, cgroup, iptables rule or
 //! bridge behind, and [`Node::leftovers`] says so.
 
+mod config;
 pub mod host;
 
 use std::{
@@ -21,10 +22,10 @@ use crate::{
     process::{Lifetime, Proc},
     tools,
 };
-use host::{BRIDGE, Changes, POD_CIDR};
+pub use config::PAUSE_IMAGE;
+use config::{EVICTION_FREE, cni_config, containerd_config, kubelet_config_yaml};
+use host::Changes;
 
-/// The sandbox image of every pod (built from hack/node/pause.c).
-pub const PAUSE_IMAGE: &str = "reserve.local/pause:1";
 /// Programs the node needs from the host's packages.
 const HOST_PROGRAMS: [&str; 7] = [
     "containerd",
@@ -76,7 +77,6 @@ pub fn unavailable() -> Option<String> {
 /// The least free space the node starts with: its kubelet evicts every pod below
 /// [`EVICTION_FREE`], and images, logs and the tests' own files need room above that.
 const NODE_FREE: u64 = 4 << 30;
-const EVICTION_FREE: &str = "1Gi";
 
 /// Fails naming the problem when the disk holding `dir` is too full for a node: on a full disk
 /// the kubelet evicts the operator's pods, and a test would only see no pod holding the Lease.
@@ -499,106 +499,4 @@ fn import(socket: &Path, archive: &Path) -> Result<(), String> {
         ctr(&["tag", "--force", name, &normalized])?;
     }
     Ok(())
-}
-
-fn containerd_config(dir: &Path, socket: &Path) -> String {
-    let d = dir.display();
-    format!(
-        r#"version = 2
-root = "{d}/containerd/root"
-state = "{d}/containerd/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]
-
-[grpc]
-  address = "{socket}"
-
-[ttrpc]
-  address = "{socket}.ttrpc"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  # Without it every sandbox fails ("can't get final child's PID from pipe"): the process may
-  # not raise its own OOM score adjustment here.
-  restrict_oom_score_adj = true
-  # Network namespaces under the node's state directory, not /var/run/netns.
-  netns_mounts_under_state_dir = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{d}/cni/net.d"
-"#,
-        socket = socket.display()
-    )
-}
-
-fn cni_config(dir: &Path) -> String {
-    format!(
-        r#"{{
-  "cniVersion": "0.4.0",
-  "name": "reserve",
-  "plugins": [
-    {{
-      "type": "bridge",
-      "bridge": "{BRIDGE}",
-      "isGateway": true,
-      "ipMasq": false,
-      "hairpinMode": true,
-      "ipam": {{
-        "type": "host-local",
-        "ranges": [[{{ "subnet": "{POD_CIDR}" }}]],
-        "routes": [{{ "dst": "0.0.0.0/0" }}],
-        "dataDir": "{}/cni/ipam"
-      }}
-    }}
-  ]
-}}
-"#,
-        dir.display()
-    )
-}
-
-fn kubelet_config_yaml(cp_dir: &Path, socket: &Path, port: u16, healthz: u16) -> String {
-    format!(
-        r#"apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-# cgroup v1 in hybrid mode, without systemd.
-failCgroupV1: false
-cgroupDriver: cgroupfs
-containerRuntimeEndpoint: unix://{socket}
-address: {node_ip}
-port: {port}
-readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
-healthzPort: {healthz}
-authentication:
-  anonymous:
-    enabled: false
-  webhook:
-    enabled: false
-  x509:
-    clientCAFile: {ca}
-authorization:
-  mode: AlwaysAllow
-failSwapOn: false
-resolvConf: ""
-makeIPTablesUtilChains: false
-protectKernelDefaults: false
-serializeImagePulls: false
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-evictionHard:
-  memory.available: "50Mi"
-  nodefs.available: "{eviction}"
-  imagefs.available: "{eviction}"
-"#,
-        eviction = EVICTION_FREE,
-        socket = socket.display(),
-        ca = cp_dir.join(crate::certs::CA_CERT).display(),
-        node_ip = host::NODE_IP,
-    )
 }

@@ -11,10 +11,17 @@ use serde_json::Value;
 /// `target/image/reserve-operator-<version>.oci.tar`, which `make image` writes; None (after
 /// saying why, past the harness's capture) where the image cannot be built.
 pub fn image_archive() -> Option<PathBuf> {
-    let archive = repo_root().join(format!(
-        "target/image/reserve-operator-{}.oci.tar",
-        env!("CARGO_PKG_VERSION")
-    ));
+    archive(env!("CARGO_PKG_VERSION"))
+}
+
+/// The same binary in a new image (`reserve-operator:<version>-prime`), for a rolling update
+/// from this code to this code, as a new build of one release would roll out.
+pub fn prime_archive() -> Option<PathBuf> {
+    archive(&format!("{}-prime", env!("CARGO_PKG_VERSION")))
+}
+
+fn archive(tag: &str) -> Option<PathBuf> {
+    let archive = repo_root().join(format!("target/image/reserve-operator-{tag}.oci.tar"));
     if !archive.is_file()
         && Command::new("sh")
             .args(["-c", "command -v buildah"])
@@ -31,7 +38,7 @@ pub fn image_archive() -> Option<PathBuf> {
     }
     assert!(
         archive.is_file(),
-        "{} is missing: run `make image` (make test does)",
+        "{} is missing: run `make test`, which builds it (hack/image.sh)",
         archive.display()
     );
     Some(archive)

@@ -14,7 +14,7 @@ mod image;
 use std::{io::Write, path::PathBuf, time::Instant};
 
 use cluster::Cluster;
-use image::image_archive;
+use image::{image_archive, prime_archive};
 use reserve_testkit::{Lifetime, node::Node, watchdog};
 
 #[test]
@@ -53,11 +53,13 @@ async fn the_operator_runs_as_pods_on_a_real_node() {
         let _ = writeln!(std::io::stderr(), "note: skipping the node tests: {why}");
         return;
     }
-    let Some(image) = image_archive() else { return };
+    let (Some(image), Some(prime)) = (image_archive(), prime_archive()) else {
+        return;
+    };
     let dir = watchdog().dir().join("node");
     let mut guard = NodeGuard(Some(dir.clone()));
     let started = Instant::now();
-    let node = Node::up(&dir, Lifetime::ThisProcess, &[image]).expect("the node comes up");
+    let node = Node::up(&dir, Lifetime::ThisProcess, &[image, prime]).expect("the node comes up");
     let node_up = started.elapsed();
     let cluster = Cluster::new(node).await;
 

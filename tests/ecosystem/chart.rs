@@ -4,7 +4,11 @@
 use std::collections::BTreeSet;
 use std::process::Output;
 
-use reserve_testkit::{ControlPlane, control_plane::text};
+use reserve_testkit::{
+    ControlPlane,
+    control_plane::text,
+    rbac::{self, Scope},
+};
 use serde_json::Value;
 
 use crate::{REPO, objects, run, tool};
@@ -73,35 +77,34 @@ fn the_helm_chart_lints_applies_and_grants_what_the_kustomize_base_grants() {
     let out = helm(&["lint", "--strict", &chart]);
     assert!(out.status.success(), "helm lint:\n{}", text(&out));
 
-    let out = helm(&[
-        "template",
-        "reserve",
-        &chart,
-        "--namespace",
-        "reserve-system",
-    ]);
-    assert!(out.status.success(), "helm template:\n{}", text(&out));
-    let rendered = String::from_utf8(out.stdout).unwrap();
-    let out = cp.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &rendered);
+    let chart_default = rendered("reserve-system", &[]);
+    let out = cp.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &chart_default);
     assert!(
         out.status.success(),
         "the chart does not apply:\n{}",
         text(&out)
     );
     assert!(
-        rendered.contains("helm.sh/resource-policy: keep"),
+        chart_default.contains("helm.sh/resource-policy: keep"),
         "the CRDs must outlive the release"
     );
 
     let out = cp.kubectl(&["kustomize", &format!("{REPO}/manifests/operator")]);
     assert!(out.status.success(), "{}", text(&out));
     let base = String::from_utf8(out.stdout).unwrap();
-    for kind in ["ClusterRole", "Role"] {
-        let (chart, kustomize) = (rules_of(&rendered, kind), rules_of(&base, kind));
-        assert!(!chart.is_empty());
+    for (kind, scope) in [
+        ("ClusterRole", Scope::Cluster),
+        ("Role", Scope::OperatorNamespace),
+    ] {
+        let (chart, kustomize) = (rules_of(&chart_default, kind), rules_of(&base, kind));
+        let table = rbac::granted(scope, false);
         assert_eq!(
-            chart, kustomize,
-            "{kind} rules of the chart and of manifests/operator differ"
+            chart, table,
+            "{kind} rules of the chart and the test kit's table differ"
+        );
+        assert_eq!(
+            kustomize, table,
+            "{kind} rules of manifests/operator and the test kit's table differ"
         );
     }
     // The roles for people: the chart's are manifests/crds'.
@@ -113,35 +116,37 @@ fn the_helm_chart_lints_applies_and_grants_what_the_kustomize_base_grants() {
         people.contains("reserve.coffeechain.io/orders[]:create"),
         "{people:?}"
     );
-    assert_eq!(rules_where(&rendered, "ClusterRole", aggregated), people);
+    assert_eq!(
+        rules_where(&chart_default, "ClusterRole", aggregated),
+        people
+    );
 
     // Settlement: off by default; switched on, the chart grants what manifests/settlement
     // grants, and sets the same configuration.
     assert!(
-        !rendered.contains("reserve-operator-settlement")
-            && !rendered.contains("RESERVE_SETTLE_AFTER")
+        !chart_default.contains("reserve-operator-settlement")
+            && !chart_default.contains("RESERVE_SETTLE_AFTER")
     );
-    let out = helm(&[
-        "template",
-        "reserve",
-        &chart,
-        "--namespace",
+    let settling = rendered(
         "reserve-system",
-        "--set",
-        "settlement.enabled=true,settlement.settleAfter=14d",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let settling = String::from_utf8(out.stdout).unwrap();
+        &[
+            "--set",
+            "settlement.enabled=true,settlement.settleAfter=14d",
+        ],
+    );
     let out = cp.kubectl(&["kustomize", &format!("{REPO}/examples/kustomize/settled")]);
     assert!(out.status.success(), "{}", text(&out));
     let settled_base = String::from_utf8(out.stdout).unwrap();
+    let table = rbac::granted(Scope::Cluster, true);
     assert_eq!(
         rules_of(&settling, "ClusterRole"),
-        rules_of(&settled_base, "ClusterRole"),
-        "settlement rules of the chart and of manifests/settlement differ"
+        table,
+        "settlement rules of the chart and the test kit's table differ"
     );
-    assert!(
-        rules_of(&settled_base, "ClusterRole").contains("reserve.coffeechain.io/orders[]:delete")
+    assert_eq!(
+        rules_of(&settled_base, "ClusterRole"),
+        table,
+        "settlement rules of manifests/settlement and the test kit's table differ"
     );
     for config in [&settling, &settled_base] {
         assert!(
@@ -154,17 +159,13 @@ fn the_helm_chart_lints_applies_and_grants_what_the_kustomize_base_grants() {
     assert!(out.status.success(), "{}", text(&out));
 
     // Installed elsewhere, the status policy and the FlowSchema follow the namespace.
-    let out = helm(&[
-        "template",
-        "reserve",
-        &chart,
-        "--namespace",
+    let elsewhere = rendered(
         "loyalty",
-        "--set",
-        "watchNamespace=shops,monitoring.prometheusRule.enabled=true",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let elsewhere = String::from_utf8(out.stdout).unwrap();
+        &[
+            "--set",
+            "watchNamespace=shops,monitoring.prometheusRule.enabled=true",
+        ],
+    );
     assert!(
         elsewhere.contains("'system:serviceaccounts:loyalty' in request.userInfo.groups"),
         "{elsewhere}"
@@ -182,21 +183,22 @@ fn the_helm_chart_lints_applies_and_grants_what_the_kustomize_base_grants() {
         "the release's namespace is loyalty"
     );
 
-    // Monitoring, when switched on.
-    let out = helm(&[
-        "template",
-        "reserve",
-        &chart,
-        "--set",
-        "monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.dashboard.enabled=true",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let monitored = String::from_utf8(out.stdout).unwrap();
+    // Monitoring, when switched on, linking the runbooks where they are served.
+    let monitored = rendered(
+        "reserve-system",
+        &[
+            "--set",
+            "monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.dashboard.enabled=true",
+            "--set",
+            "monitoring.prometheusRule.runbookUrl=https://docs.shop.example/reserve/runbooks.md",
+        ],
+    );
     for kind in [
         "kind: ServiceMonitor",
         "kind: PrometheusRule",
         "grafana_dashboard: \"1\"",
         "alert: ReserveOperatorNoLeader",
+        "runbook_url: https://docs.shop.example/reserve/runbooks.md#reserveoperatornoleader",
     ] {
         assert!(monitored.contains(kind), "{kind} missing");
     }
@@ -260,18 +262,29 @@ fn the_kustomize_bases_pin_the_image_and_render_with_monitoring() {
     )));
 }
 
-/// `helm template` of the chart with `args` added.
-fn template(args: &[&str]) -> Output {
+/// `helm template` of the chart released in `namespace`, with `args` added.
+fn template(namespace: &str, args: &[&str]) -> Output {
     let chart = format!("{REPO}/charts/reserve-operator");
     let mut all = vec![
         "template",
         "reserve",
         chart.as_str(),
         "--namespace",
-        "loyalty",
+        namespace,
     ];
     all.extend_from_slice(args);
     helm(&all)
+}
+
+/// What [`template`] renders; it must render.
+fn rendered(namespace: &str, args: &[&str]) -> String {
+    let out = template(namespace, args);
+    assert!(
+        out.status.success(),
+        "helm template {args:?}:\n{}",
+        text(&out)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// What the operator would refuse at start-up, the chart refuses at install, naming the value;
@@ -293,27 +306,27 @@ fn the_chart_refuses_values_the_operator_would_refuse() {
             "leaderElection: false with replicaCount: 2",
         ),
     ] {
-        let out = template(&["--set", set]);
+        let out = template("loyalty", &["--set", set]);
         assert!(!out.status.success(), "{set} was accepted");
         assert!(text(&out).contains(names), "{set}: {}", text(&out));
     }
     // Each of those values has a good form that renders.
-    let out = template(&[
-        "--set",
-        "levels=Bronze=0\\,Gold=12,logFormat=text,logLevel=debug,settlement.settleAfter=12h",
-        "--set",
-        "leaderElection=false,replicaCount=1,watchNamespace=shops",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    rendered(
+        "loyalty",
+        &[
+            "--set",
+            "levels=Bronze=0\\,Gold=12,logFormat=text,logLevel=debug,settlement.settleAfter=12h",
+            "--set",
+            "leaderElection=false,replicaCount=1,watchNamespace=shops",
+        ],
+    );
 }
 
 /// The pod's options a platform team sets; a PodDisruptionBudget only where it cannot block a
 /// node drain; NOTES that say what to do next.
 #[test]
 fn the_chart_renders_the_pod_options_and_a_budget_only_with_two_replicas() {
-    let out = template(&[]);
-    assert!(out.status.success(), "{}", text(&out));
-    let two = objects(&String::from_utf8(out.stdout).unwrap());
+    let two = objects(&rendered("loyalty", &[]));
     assert!(two.iter().any(|o| o["kind"] == "PodDisruptionBudget"));
     let deployment = two.iter().find(|o| o["kind"] == "Deployment").unwrap();
     let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
@@ -324,16 +337,17 @@ fn the_chart_renders_the_pod_options_and_a_budget_only_with_two_replicas() {
         "{env}"
     );
 
-    let out = template(&[
-        "--set",
-        "replicaCount=1,logLevel=debug,priorityClassName=shop-critical",
-        "--set",
-        "imagePullSecrets[0].name=regcred,podAnnotations.team=loyalty",
-        "--set",
-        "extraEnv[0].name=TZ,extraEnv[0].value=UTC",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let one = objects(&String::from_utf8(out.stdout).unwrap());
+    let one = objects(&rendered(
+        "loyalty",
+        &[
+            "--set",
+            "replicaCount=1,logLevel=debug,priorityClassName=shop-critical",
+            "--set",
+            "imagePullSecrets[0].name=regcred,podAnnotations.team=loyalty",
+            "--set",
+            "extraEnv[0].name=TZ,extraEnv[0].value=UTC",
+        ],
+    ));
     assert!(
         !one.iter().any(|o| o["kind"] == "PodDisruptionBudget"),
         "minAvailable 1 of 1 replica blocks every drain"

@@ -1,6 +1,6 @@
 //! The operator as the ecosystem's own tools see it: kstatus (cli-utils, as Flux uses it) and
 //! Argo CD's health checks on live objects, Prometheus (promtool on /metrics and on the alert
-//! rules); the Helm chart and the kustomize bases (`chart`); Kubernetes' own roles for people
+//! rules, and each alert played through `promtool test rules`: `alerts`); the Helm chart and the kustomize bases (`chart`); Kubernetes' own roles for people
 //! (`roles`).
 
 use std::process::{Command, Output, Stdio};
@@ -13,6 +13,7 @@ use reserve_operator::crd::{Customer, Order, OrderState};
 use reserve_testkit::{ControlPlane, Shop, control_plane::text, tools::ecosystem_bin_dir};
 use serde_json::{Value, json};
 
+mod alerts;
 mod chart;
 mod roles;
 
@@ -251,7 +252,7 @@ async fn promtool_finds_nothing_to_say_about_the_metrics_or_the_alert_rules() {
         text(&out)
     );
     assert!(
-        text(&out).contains("SUCCESS: 4 rules found"),
+        text(&out).contains("SUCCESS: 7 rules found"),
         "{}",
         text(&out)
     );
