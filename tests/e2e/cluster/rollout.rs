@@ -6,6 +6,9 @@ use super::*;
 /// When the Lease's watch showed which holder (None: released).
 type Holder = (Instant, Option<String>);
 
+/// When the pods' own view was read, and which pods said they lead.
+type Sample = (Instant, Vec<String>);
+
 /// What a rolling update under load showed.
 pub struct Rollout {
     pub rollout: Duration,
@@ -19,25 +22,36 @@ impl Cluster {
     /// digest, as a new build of one release) while orders keep coming, and watches the Lease
     /// holders, the pods' own view of who leads, and each order's wait for its status.
     pub async fn a_rolling_update_under_load_loses_nothing(&self) -> Rollout {
+        let start = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         // Who says it leads, every 100 ms, through the pods' metrics: the pods that say so, in
         // each sample whose pod list was read (a failed list is no sample, not "no leader").
-        let samples: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+        // Every pod is asked at once and given half a second: a pod going away may leave its
+        // address silent, and one slow answer must not blind the sampler to a hand-over.
+        let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
         let sampler = {
             let (stop, samples, admin) = (stop.clone(), samples.clone(), self.admin.clone());
             tokio::spawn(async move {
                 let pods: Api<Pod> = Api::namespaced(admin, SYSTEM);
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok(list) = pods.list(&ListParams::default().labels(SELECTOR)).await {
-                        let mut leaders = Vec::new();
-                        for pod in &list.items {
-                            if let Some(probe) = Self::probe(pod)
-                                && probe.is_leader().await == Some(true)
-                            {
-                                leaders.push(pod.name_any());
-                            }
-                        }
-                        samples.lock().unwrap().push(leaders);
+                        let asked = list.items.iter().filter_map(|pod| {
+                            let probe = Self::probe(pod)?;
+                            Some(async move {
+                                let leads = tokio::time::timeout(
+                                    Duration::from_millis(500),
+                                    probe.is_leader(),
+                                )
+                                .await;
+                                (leads == Ok(Some(true))).then(|| pod.name_any())
+                            })
+                        });
+                        let leaders: Vec<String> = futures::future::join_all(asked)
+                            .await
+                            .into_iter()
+                            .flatten()
+                            .collect();
+                        samples.lock().unwrap().push((Instant::now(), leaders));
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -159,12 +173,15 @@ impl Cluster {
             .unwrap_or_default();
         lease_watch.abort();
         let samples = samples.lock().unwrap().clone();
-        let two_leaders = samples.iter().filter(|leaders| leaders.len() > 1).count();
+        let two_leaders = samples
+            .iter()
+            .filter(|(_, leaders)| leaders.len() > 1)
+            .count();
         // The sampler saw the old leader and a new one: it watched through the hand-over.
         let seen_leading: BTreeSet<&String> = samples
             .iter()
-            .filter(|leaders| leaders.len() == 1)
-            .flatten()
+            .filter(|(_, leaders)| leaders.len() == 1)
+            .flat_map(|(_, leaders)| leaders)
             .collect();
         // The Lease's hand-over gap: from the moment it had no holder (released) or the
         // previous holder's last event, to the next holder's first.
@@ -191,9 +208,12 @@ impl Cluster {
         assert_eq!(two_leaders, 0, "two pods led at once");
         assert!(
             seen_leading.len() >= 2,
-            "the pods' own view showed {seen_leading:?} leading in {} samples: it did not see \
-             the hand-over",
-            samples.len()
+            "the pods' own view showed {seen_leading:?} leading: it did not see the hand-over; \
+             samples {:?}, the Lease's holders {holders:?}",
+            samples
+                .iter()
+                .map(|(at, leaders)| (at.duration_since(start), leaders))
+                .collect::<Vec<_>>()
         );
         assert!(
             handovers >= 1,
