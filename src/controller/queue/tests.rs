@@ -38,20 +38,28 @@ async fn takes_a_second(log: Log, key: &'static str) -> Option<Duration> {
     None
 }
 
+/// A queue of one slot whose reconciles take a second each, logged in `log`, shown on
+/// `backlog`.
+fn one_slot(
+    wakes: tokio::sync::mpsc::UnboundedReceiver<Wake<&'static str>>,
+    log: &Log,
+    backlog: Arc<Backlog>,
+) -> tokio::task::JoinHandle<()> {
+    let log = log.clone();
+    tokio::spawn(run(
+        wakes,
+        std::future::pending(),
+        slots(1),
+        backlog,
+        move |key| takes_a_second(log.clone(), key),
+    ))
+}
+
 #[tokio::test(start_paused = true)]
 async fn wakes_fold_while_waiting_and_rerun_once_while_running() {
     let (wake, wakes) = unbounded_channel();
     let log = Log::default();
-    let runner = {
-        let log = log.clone();
-        tokio::spawn(run(
-            wakes,
-            std::future::pending(),
-            slots(1),
-            Arc::default(),
-            move |key| takes_a_second(log.clone(), key),
-        ))
-    };
+    let runner = one_slot(wakes, &log, Arc::default());
     for key in ["a", "a", "b", "b", "a"] {
         wake.send(Wake::Changed(key)).unwrap();
     }
@@ -201,16 +209,7 @@ async fn queues_lend_idle_slots_and_get_them_back_first() {
 async fn a_change_runs_before_a_sweeps_backlog() {
     let (wake, wakes) = unbounded_channel();
     let log = Log::default();
-    let runner = {
-        let log = log.clone();
-        tokio::spawn(run(
-            wakes,
-            std::future::pending(),
-            slots(1),
-            Arc::default(),
-            move |key| takes_a_second(log.clone(), key),
-        ))
-    };
+    let runner = one_slot(wakes, &log, Arc::default());
     // A sweep of four keys; while the first runs, "d" and then "x" change.
     wake.send(sweep(["a", "b", "c", "d"])).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -232,16 +231,7 @@ async fn the_backlog_shows_what_waits_and_since_when_the_oldest_change_has() {
     let (wake, wakes) = unbounded_channel();
     let backlog = Arc::<Backlog>::default();
     let log = Log::default();
-    let runner = {
-        let (log, backlog) = (log.clone(), backlog.clone());
-        tokio::spawn(run(
-            wakes,
-            std::future::pending(),
-            slots(1),
-            backlog,
-            move |key| takes_a_second(log.clone(), key),
-        ))
-    };
+    let runner = one_slot(wakes, &log, backlog.clone());
     let start = Instant::now();
     for key in ["a", "b", "c"] {
         wake.send(Wake::Changed(key)).unwrap();
